@@ -1,0 +1,16 @@
+"""The blobstore app's configuration."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class BlobstoreConfig(AppConfig):
+    name = "blobstore"
+    verbose_name = _("Blob store")
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        # Registers the system checks and the setting_changed receiver.
+        from blobstore import checks, signals  # noqa: F401

@@ -1,0 +1,224 @@
+"""The storage contract that every blobstore backend keeps.
+
+A storage maps string keys to binary blobs. The five coroutine methods of
+:class:`Storage` are ProxyStore's endpoint storage protocol
+(``proxystore.endpoint.storage.Storage``) with the same names, signatures and
+meaning, so any blobstore backend can serve as a ProxyStore endpoint's storage.
+Every built-in backend also keeps these rules, which one conformance suite
+(``tests/test_storage.py``) proves for all of them:
+
+Keys
+    A key is a non-empty ``str`` of at most :data:`MAX_KEY_LENGTH` characters
+    with no NUL character. Any other ``str`` raises ``ValueError``; a value that
+    is not a ``str`` raises ``TypeError``. Every method checks its key, so a key
+    that could never be stored is reported, not silently "absent".
+
+Blobs
+    ``set`` accepts ``bytes``, ``bytearray`` and ``memoryview`` and stores their
+    bytes; ``get`` always returns ``bytes``. ``b''`` is a blob, distinct from
+    absence. A blob larger than the storage's ``max_object_size`` raises
+    :class:`~blobstore.exceptions.ObjectSizeExceededError` (a ``ValueError``);
+    anything else raises ``TypeError``. When a method raises, nothing was
+    written.
+
+Semantics
+    ``set`` replaces silently; ``evict`` of an absent key does nothing;
+    ``exists`` is true exactly when ``get`` would find the key. Many coroutines
+    may use one storage at once.
+
+Life cycle
+    Constructors take options only and open nothing: a connection is opened on
+    first use. ``close()`` releases what was opened; a storage that keeps its
+    blobs outside the process (SQLite, the ORM) can be used again after
+    ``close()`` and still finds them. Every backend is an async context manager
+    that closes itself on exit.
+
+Listing
+    :meth:`ListingStorage.list_blobs` returns :class:`BlobInfo` records in key
+    order (by code point), filtered by prefix and paged by the last key seen.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from blobstore.exceptions import ObjectSizeExceededError
+
+MAX_KEY_LENGTH = 1024
+"""The longest key, in characters."""
+
+DEFAULT_MAX_OBJECT_SIZE = 100 * 1024 * 1024
+"""The largest blob a storage accepts unless told otherwise, in bytes (100 MiB)."""
+
+DEFAULT_PAGE_SIZE = 1000
+"""How many records :meth:`ListingStorage.list_blobs` returns unless told otherwise."""
+
+_FIRST_SURROGATE, _LAST_SURROGATE = 0xD800, 0xDFFF
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """ProxyStore's endpoint storage protocol for blobs."""
+
+    async def get(self, key: str, default: bytes | None = None) -> bytes | None:
+        """Return the blob for key, or default when there is none."""
+        ...
+
+    async def set(self, key: str, blob: bytes) -> None:
+        """Store blob under key, replacing any blob already there."""
+        ...
+
+    async def exists(self, key: str) -> bool:
+        """Return whether a blob is stored under key."""
+        ...
+
+    async def evict(self, key: str) -> None:
+        """Remove the blob stored under key, if there is one."""
+        ...
+
+    async def close(self) -> None:
+        """Release the resources that the storage holds."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """What a listing says about one blob."""
+
+    key: str
+    size: int
+    updated: datetime.datetime
+
+
+@runtime_checkable
+class ListingStorage(Storage, Protocol):
+    """A storage that can also enumerate its keys."""
+
+    async def list_blobs(
+        self, prefix: str = "", *, after: str = "", limit: int = DEFAULT_PAGE_SIZE
+    ) -> list[BlobInfo]:
+        """Return up to limit records whose keys start with prefix and sort after `after`."""
+        ...
+
+
+def validate_key(key: object) -> str:
+    """Return key if it is a valid key, or raise TypeError or ValueError."""
+    if not isinstance(key, str):
+        raise TypeError(f"A key must be a str, not {type(key).__name__}.")
+    if not key or len(key) > MAX_KEY_LENGTH or "\x00" in key or not _is_utf8(key):
+        raise ValueError(
+            f"A key must be 1 to {MAX_KEY_LENGTH} characters of Unicode text with no NUL "
+            f"character; got {_abbreviate(key)!r} ({len(key)} characters)."
+        )
+    return key
+
+
+def validate_item(key: object, blob: object, max_object_size: int | None) -> bytes | memoryview:
+    """Return blob as bytes or a flat byte view after checking it and its key, or raise.
+
+    ``bytes`` comes back as it is; a ``bytearray`` or ``memoryview`` comes back
+    as a view of its bytes, so that a backend copies it at most once.
+    """
+    validate_key(key)
+    if type(blob) is bytes:
+        data: bytes | memoryview = blob
+        size = len(blob)
+    elif isinstance(blob, bytes | bytearray | memoryview):
+        data = _flat_view(blob)
+        size = data.nbytes
+    else:
+        raise TypeError(
+            f"A blob must be bytes, bytearray or memoryview, not {type(blob).__name__}."
+        )
+    if max_object_size is not None and size > max_object_size:
+        raise ObjectSizeExceededError(size, max_object_size)
+    return data
+
+
+def validate_listing(prefix: object, after: object, limit: object) -> None:
+    """Raise TypeError or ValueError unless the arguments of a listing are valid."""
+    for name, value in (("prefix", prefix), ("after", after)):
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a str, not {type(value).__name__}.")
+        if not _is_utf8(value):
+            raise ValueError(f"{name} must be Unicode text; got {_abbreviate(value)!r}.")
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise TypeError(f"limit must be an int, not {type(limit).__name__}.")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}.")
+
+
+def validate_max_object_size(max_object_size: object) -> int | None:
+    """Return max_object_size if it is None or a positive int, or raise."""
+    if max_object_size is None:
+        return None
+    if not isinstance(max_object_size, int) or isinstance(max_object_size, bool):
+        raise TypeError(
+            f"max_object_size must be an int or None, not {type(max_object_size).__name__}."
+        )
+    if max_object_size < 0:
+        raise ValueError(f"max_object_size must not be negative, not {max_object_size}.")
+    return max_object_size
+
+
+def prefix_end(prefix: str) -> str | None:
+    """Return the least string above every string that starts with prefix, or None.
+
+    Keys sort by code point, which is also the byte order of their UTF-8 form,
+    so ``prefix <= key < prefix_end(prefix)`` selects a prefix with an index.
+    """
+    while prefix:
+        successor = ord(prefix[-1]) + 1
+        if successor == _FIRST_SURROGATE:
+            successor = _LAST_SURROGATE + 1
+        if successor <= sys.maxunicode:
+            return prefix[:-1] + chr(successor)
+        prefix = prefix[:-1]
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    # Lone surrogates are valid in a Python str but in no database.
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _flat_view(blob: bytes | bytearray | memoryview) -> memoryview:
+    view = memoryview(blob)
+    if not view.c_contiguous:
+        view = memoryview(view.tobytes())
+    return view.cast("B")
+
+
+def _abbreviate(text: str, length: int = 40) -> str:
+    return text if len(text) <= length else text[:length] + "…"
+
+
+class BaseStorage:
+    """What every built-in backend shares: the size limit and the context manager."""
+
+    def __init__(self, *, max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE) -> None:
+        self.max_object_size = validate_max_object_size(max_object_size)
+
+    async def close(self) -> None:
+        """Release the resources that the storage holds."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()

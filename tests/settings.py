@@ -1,0 +1,31 @@
+"""Settings for the test suite.
+
+``default`` is SQLite unless ``DATABASE_URL`` names another database; the
+``postgres`` alias is always PostgreSQL (``BLOBSTORE_TEST_POSTGRES_URL``), so
+that every run proves ORMStorage on PostgreSQL too.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dj_database_url
+
+from project.settings import *  # noqa: F403
+from project.settings import SQLITE_OPTIONS, VAR_DIR
+
+POSTGRES_URL = os.environ.get(
+    "BLOBSTORE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/blobstore"
+)
+
+DATABASES = {
+    "default": dj_database_url.config(default=f"sqlite:///{VAR_DIR / 'test-default.sqlite3'}"),
+    "postgres": dj_database_url.parse(POSTGRES_URL),
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = SQLITE_OPTIONS
+    # A file, not Django's in-memory test database, so other processes can share it.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-default.sqlite3")}
+DATABASES["postgres"]["TEST"] = {"NAME": "test_blobstore_postgres"}
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,128 @@
+"""The BLOBSTORE_STORAGES handler and its system checks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import SimpleTestCase, override_settings
+
+from blobstore.checks import check_storages
+from blobstore.exceptions import InvalidStorageError
+from blobstore.storage import DictStorage, ORMStorage, SQLiteStorage, StorageHandler, storages
+
+DICT = "blobstore.storage.DictStorage"
+
+# (setting, check id, text the message must hold: the alias and the bad value)
+MALFORMED: list[tuple[Any, str, list[str]]] = [
+    (["default"], "blobstore.E001", ["['default']"]),
+    (None, "blobstore.E001", ["None"]),
+    ({"other": {"BACKEND": DICT}}, "blobstore.E002", ["'default'", "['other']"]),
+    ({"default": DICT}, "blobstore.E003", ["'default'", repr(DICT)]),
+    ({"default": {"OPTIONS": {}}}, "blobstore.E003", ["'default'", "{'OPTIONS': {}}"]),
+    ({"default": {"BACKEND": "no.such.Storage"}}, "blobstore.E004", ["'default'", "'no.such.Storage'"]),
+    ({"default": {"BACKEND": "blobstore.storage.Nope"}}, "blobstore.E004", ["'blobstore.storage.Nope'"]),
+    ({"default": {"BACKEND": 42}}, "blobstore.E004", ["'default'", "42"]),
+    ({"default": {"BACKEND": DICT, "OPTIONS": []}}, "blobstore.E005", ["'default'", "[]"]),
+    (
+        {"default": {"BACKEND": DICT, "OPTIONS": {"colour": "red"}}},
+        "blobstore.E005",
+        ["'default'", "{'colour': 'red'}", "colour"],
+    ),
+    (
+        {"default": {"BACKEND": DICT, "OPTIONS": {"max_object_size": -5}}},
+        "blobstore.E005",
+        ["'default'", "-5"],
+    ),
+    (
+        {"default": {"BACKEND": DICT}, "cache": {"BACKEND": "collections.OrderedDict"}},
+        "blobstore.E006",
+        ["'cache'", "'collections.OrderedDict'"],
+    ),
+]
+
+
+class StorageHandlerTests(SimpleTestCase):
+    def test_default_without_the_setting_is_orm_on_default_database(self) -> None:
+        with override_settings():
+            del settings.BLOBSTORE_STORAGES
+            storage = storages["default"]
+        self.assertIsInstance(storage, ORMStorage)
+        assert isinstance(storage, ORMStorage)
+        self.assertEqual(storage.using, "default")
+
+    @override_settings(
+        BLOBSTORE_STORAGES={
+            "default": {"BACKEND": DICT},
+            "files": {
+                "BACKEND": "blobstore.storage.SQLiteStorage",
+                "OPTIONS": {"database_path": "/tmp/x.sqlite3", "max_object_size": 10},
+            },
+        }
+    )
+    def test_one_instance_per_alias_built_with_options(self) -> None:
+        self.assertIsInstance(storages["default"], DictStorage)
+        self.assertIs(storages["default"], storages["default"])
+        files = storages["files"]
+        assert isinstance(files, SQLiteStorage)
+        self.assertEqual((files.database_path, files.max_object_size), ("/tmp/x.sqlite3", 10))
+
+    def test_instances_are_reset_when_the_setting_changes(self) -> None:
+        first = storages["default"]
+        with override_settings(BLOBSTORE_STORAGES={"default": {"BACKEND": DICT}}):
+            inside = storages["default"]
+            self.assertIsInstance(inside, DictStorage)
+        after = storages["default"]
+        self.assertIsNot(after, inside)
+        self.assertIsNot(after, first)
+        self.assertIsInstance(after, ORMStorage)
+
+    def test_unknown_alias_names_the_alias(self) -> None:
+        with self.assertRaisesMessage(InvalidStorageError, "'nope'"):
+            storages["nope"]
+
+    def test_explicit_backends_ignore_the_setting(self) -> None:
+        handler = StorageHandler({"default": {"BACKEND": DICT}})
+        self.assertIsInstance(handler["default"], DictStorage)
+
+    def test_malformed_settings_raise_improperly_configured_naming_the_value(self) -> None:
+        for setting, check_id, fragments in MALFORMED:
+            with self.subTest(setting=setting), override_settings(BLOBSTORE_STORAGES=setting):
+                alias = "cache" if "cache" in (setting or {}) else "default"
+                with self.assertRaises(ImproperlyConfigured) as raised:
+                    storages[alias]
+                self.assertEqual(raised.exception.check_id, check_id)  # type: ignore[attr-defined]
+                for fragment in fragments:
+                    self.assertIn(fragment, str(raised.exception))
+
+
+class SystemCheckTests(SimpleTestCase):
+    def test_valid_setting_passes(self) -> None:
+        self.assertEqual(check_storages(), [])
+
+    def test_each_malformed_setting_has_its_error(self) -> None:
+        for setting, check_id, fragments in MALFORMED:
+            with self.subTest(setting=setting), override_settings(BLOBSTORE_STORAGES=setting):
+                errors = check_storages()
+                self.assertEqual([error.id for error in errors], [check_id])
+                self.assertIsInstance(errors[0], Error)
+                for fragment in fragments:
+                    self.assertIn(fragment, errors[0].msg)
+
+    def test_every_bad_alias_is_reported(self) -> None:
+        setting = {
+            "default": {"BACKEND": "no.such.Storage"},
+            "other": {"BACKEND": DICT, "OPTIONS": {"bad": 1}},
+        }
+        with override_settings(BLOBSTORE_STORAGES=setting):
+            ids = [error.id for error in check_storages()]
+        self.assertEqual(ids, ["blobstore.E004", "blobstore.E005"])
+
+    def test_check_command_fails_on_a_malformed_setting(self) -> None:
+        with override_settings(BLOBSTORE_STORAGES={"default": {"BACKEND": "no.such.Storage"}}):
+            with self.assertRaisesMessage(SystemCheckError, "blobstore.E004"):
+                call_command("check", verbosity=0)
