@@ -19,7 +19,7 @@ def check_storages(**kwargs: Any) -> list[CheckMessage]:
         aliases = list(handler.backends)
     except InvalidStorageError as error:
         return [_as_error(error)]
-    errors = []
+    errors: list[CheckMessage] = []
     for alias in aliases:
         try:
             handler.create_storage(alias)

@@ -15,7 +15,7 @@ class Settings:
     """Each property reads its setting when asked, so override_settings works."""
 
     @property
-    def BLOBSTORE_STORAGES(self) -> Any:  # noqa: N802 - the setting's own name
+    def BLOBSTORE_STORAGES(self) -> Any:
         return getattr(settings, "BLOBSTORE_STORAGES", DEFAULT_STORAGES)
 
 

@@ -41,4 +41,4 @@ class Blob(models.Model):
         ordering = ["key"]
 
     def __str__(self) -> str:
-        return self.key
+        return str(self.key)

@@ -24,8 +24,16 @@ MALFORMED: list[tuple[Any, str, list[str]]] = [
     ({"other": {"BACKEND": DICT}}, "blobstore.E002", ["'default'", "['other']"]),
     ({"default": DICT}, "blobstore.E003", ["'default'", repr(DICT)]),
     ({"default": {"OPTIONS": {}}}, "blobstore.E003", ["'default'", "{'OPTIONS': {}}"]),
-    ({"default": {"BACKEND": "no.such.Storage"}}, "blobstore.E004", ["'default'", "'no.such.Storage'"]),
-    ({"default": {"BACKEND": "blobstore.storage.Nope"}}, "blobstore.E004", ["'blobstore.storage.Nope'"]),
+    (
+        {"default": {"BACKEND": "no.such.Storage"}},
+        "blobstore.E004",
+        ["'default'", "'no.such.Storage'"],
+    ),
+    (
+        {"default": {"BACKEND": "blobstore.storage.Nope"}},
+        "blobstore.E004",
+        ["'blobstore.storage.Nope'"],
+    ),
     ({"default": {"BACKEND": 42}}, "blobstore.E004", ["'default'", "42"]),
     ({"default": {"BACKEND": DICT, "OPTIONS": []}}, "blobstore.E005", ["'default'", "[]"]),
     (
@@ -123,6 +131,9 @@ class SystemCheckTests(SimpleTestCase):
         self.assertEqual(ids, ["blobstore.E004", "blobstore.E005"])
 
     def test_check_command_fails_on_a_malformed_setting(self) -> None:
-        with override_settings(BLOBSTORE_STORAGES={"default": {"BACKEND": "no.such.Storage"}}):
-            with self.assertRaisesMessage(SystemCheckError, "blobstore.E004"):
-                call_command("check", verbosity=0)
+        setting = {"default": {"BACKEND": "no.such.Storage"}}
+        with (
+            override_settings(BLOBSTORE_STORAGES=setting),
+            self.assertRaisesMessage(SystemCheckError, "blobstore.E004"),
+        ):
+            call_command("check", verbosity=0)

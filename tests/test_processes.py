@@ -11,6 +11,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 from django.conf import settings
@@ -23,7 +24,14 @@ WORKERS = 4
 WRITES = 150
 
 
-class ConcurrentProcessesMixin:
+# The mixins are test cases to the type checker, plain classes to unittest.
+if TYPE_CHECKING:
+    TestCaseMixin = SimpleTestCase
+else:
+    TestCaseMixin = object
+
+
+class ConcurrentProcessesMixin(TestCaseMixin):
     """Run WORKERS writer processes against one database, then check every blob."""
 
     backend: str
@@ -35,22 +43,37 @@ class ConcurrentProcessesMixin:
         start_at = time.time() + 1.5
         workers = [
             subprocess.Popen(
-                [sys.executable, "-m", "tests.writer", "write", self.backend,
-                 str(worker), str(WRITES), str(start_at)],
-                cwd=ROOT, env=self.environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.writer",
+                    "write",
+                    self.backend,
+                    str(worker),
+                    str(WRITES),
+                    str(start_at),
+                ],
+                cwd=ROOT,
+                env=self.environment(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
             )
             for worker in range(WORKERS)
         ]
         for worker in workers:
-            stdout, stderr = worker.communicate(timeout=300)
-            self.assertNotIn("locked", stderr)  # type: ignore[attr-defined]
-            self.assertEqual(worker.returncode, 0, stderr)  # type: ignore[attr-defined]
+            _, stderr = worker.communicate(timeout=300)
+            self.assertNotIn("locked", stderr)
+            self.assertEqual(worker.returncode, 0, stderr)
 
     def stored_digests(self) -> dict[str, str]:
         dumped = subprocess.run(
             [sys.executable, "-m", "tests.writer", "dump", self.backend],
-            cwd=ROOT, env=self.environment(), capture_output=True, text=True, timeout=300,
+            cwd=ROOT,
+            env=self.environment(),
+            capture_output=True,
+            text=True,
+            timeout=300,
             check=True,
         )
         return json.loads(dumped.stdout)  # type: ignore[no-any-return]
@@ -64,11 +87,11 @@ class ConcurrentProcessesMixin:
             for number in range(WRITES)
         }
         shared = stored.pop(SHARED_KEY)
-        self.assertEqual(stored, expected)  # type: ignore[attr-defined]
+        self.assertEqual(stored, expected)
         last_writes = {
             hashlib.sha256(blob_for(worker, WRITES - 1)).hexdigest() for worker in range(WORKERS)
         }
-        self.assertIn(shared, last_writes)  # type: ignore[attr-defined]
+        self.assertIn(shared, last_writes)
 
 
 class SQLiteStorageProcessesTests(ConcurrentProcessesMixin, SimpleTestCase):
@@ -84,18 +107,24 @@ class ORMStorageProcessesMixin(ConcurrentProcessesMixin):
     database_url: str
 
     def environment(self) -> dict[str, str]:
-        return {**super().environment(), "DATABASE_URL": self.database_url,
-                "BLOBSTORE_VAR_DIR": self.var_dir}
+        return {
+            **super().environment(),
+            "DATABASE_URL": self.database_url,
+            "BLOBSTORE_VAR_DIR": self.var_dir,
+        }
 
     def setUp(self) -> None:
         directory = tempfile.TemporaryDirectory()
-        self.addCleanup(directory.cleanup)  # type: ignore[attr-defined]
+        self.addCleanup(directory.cleanup)
         self.var_dir = directory.name
         self.backend = "orm"
         self.create_database()
         subprocess.run(
             [sys.executable, "manage.py", "migrate", "--verbosity=0"],
-            cwd=ROOT, env=self.environment(), check=True, timeout=300,
+            cwd=ROOT,
+            env=self.environment(),
+            check=True,
+            timeout=300,
         )
 
     def create_database(self) -> None:
@@ -111,8 +140,12 @@ class ORMStoragePostgreSQLProcessesTests(ORMStorageProcessesMixin, SimpleTestCas
         server = settings.DATABASES["postgres"]
         name = f"test_blobstore_processes_{uuid.uuid4().hex[:12]}"
         admin = psycopg.connect(
-            host=server["HOST"], port=server["PORT"] or 5432, user=server["USER"],
-            password=server["PASSWORD"], dbname="postgres", autocommit=True,
+            host=server["HOST"],
+            port=server["PORT"] or 5432,
+            user=server["USER"],
+            password=server["PASSWORD"],
+            dbname="postgres",
+            autocommit=True,
         )
         admin.execute(f'CREATE DATABASE "{name}"')
         self.addCleanup(admin.close)

@@ -7,7 +7,7 @@ import asyncio
 import datetime
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import proxystore.endpoint.storage as upstream
 from asgiref.sync import async_to_sync
@@ -19,7 +19,6 @@ from blobstore.exceptions import ObjectSizeExceededError
 from blobstore.models import Blob
 from blobstore.storage import (
     MAX_KEY_LENGTH,
-    BaseStorage,
     BlobInfo,
     DictStorage,
     ListingStorage,
@@ -51,25 +50,33 @@ BAD_KEYS: list[tuple[Any, type[Exception]]] = [
     ("lone \ud800 surrogate", ValueError),
 ]
 
+AnyStorage = DictStorage | SQLiteStorage | ORMStorage
+
+# The mixins are test cases to the type checker, plain classes to unittest.
+if TYPE_CHECKING:
+    TestCaseMixin = SimpleTestCase
+else:
+    TestCaseMixin = object
+
 BAD_BLOBS: list[Any] = ["text", 42, None, [1, 2], {"b": 1}, array.array("b", [1])]
 
 
-class StorageTests:
+class StorageTests(TestCaseMixin):
     """Every rule of SPEC §2; a subclass says how to make the backend."""
 
-    storage: BaseStorage
+    storage: AnyStorage
 
-    def make_storage(self, **options: Any) -> BaseStorage:
+    def make_storage(self, **options: Any) -> AnyStorage:
         raise NotImplementedError
 
     def setUp(self) -> None:
-        super().setUp()  # type: ignore[misc]
+        super().setUp()
         self.storage = self.make_storage()
-        self.addCleanup(async_to_sync(self.storage.close))  # type: ignore[attr-defined]
+        self.addCleanup(async_to_sync(self.storage.close))
 
     async def snapshot(self) -> dict[str, bytes | None]:
         """Return every stored key with its blob, to show that nothing changed."""
-        infos = await self.storage.list_blobs(limit=10_000)  # type: ignore[attr-defined]
+        infos = await self.storage.list_blobs(limit=10_000)
         return {info.key: await self.storage.get(info.key) for info in infos}
 
     # The protocol, as ProxyStore's own storage tests state it.
@@ -147,11 +154,13 @@ class StorageTests:
     async def test_exists_agrees_with_get(self) -> None:
         await self.storage.set("here", b"x")
         for key in ("here", "gone"):
-            self.assertEqual(await self.storage.exists(key), await self.storage.get(key) is not None)
+            self.assertEqual(
+                await self.storage.exists(key), await self.storage.get(key) is not None
+            )
 
     async def test_every_valid_key_round_trips(self) -> None:
         for number, key in enumerate(GOOD_KEYS):
-            with self.subTest(key=key[:20]):  # type: ignore[attr-defined]
+            with self.subTest(key=key[:20]):
                 await self.storage.set(key, str(number).encode())
                 self.assertTrue(await self.storage.exists(key))
                 self.assertEqual(await self.storage.get(key), str(number).encode())
@@ -171,23 +180,23 @@ class StorageTests:
     async def test_bad_keys_raise_and_change_nothing(self) -> None:
         await self.storage.set("existing", b"kept")
         for key, error in BAD_KEYS:
-            with self.subTest(key=repr(key)[:30]):  # type: ignore[attr-defined]
-                with self.assertRaises(error):  # type: ignore[attr-defined]
+            with self.subTest(key=repr(key)[:30]):
+                with self.assertRaises(error):
                     await self.storage.set(key, b"value")
-                with self.assertRaises(error):  # type: ignore[attr-defined]
+                with self.assertRaises(error):
                     await self.storage.get(key)
-                with self.assertRaises(error):  # type: ignore[attr-defined]
+                with self.assertRaises(error):
                     await self.storage.exists(key)
-                with self.assertRaises(error):  # type: ignore[attr-defined]
+                with self.assertRaises(error):
                     await self.storage.evict(key)
         self.assertEqual(await self.snapshot(), {"existing": b"kept"})
 
     async def test_bad_blobs_raise_type_error_and_change_nothing(self) -> None:
         await self.storage.set("existing", b"kept")
         for blob in BAD_BLOBS:
-            with self.subTest(blob=repr(blob)):  # type: ignore[attr-defined]
+            with self.subTest(blob=repr(blob)):
                 for key in ("existing", "new"):
-                    with self.assertRaises(TypeError):  # type: ignore[attr-defined]
+                    with self.assertRaises(TypeError):
                         await self.storage.set(key, blob)
         self.assertEqual(await self.snapshot(), {"existing": b"kept"})
 
@@ -196,11 +205,11 @@ class StorageTests:
         try:
             await storage.set("fits", b"x" * 100)
             for blob in (b"y" * 101, bytearray(101), memoryview(array.array("i", [0] * 26))):
-                with self.assertRaises(ObjectSizeExceededError) as raised:  # type: ignore[attr-defined]
+                with self.assertRaises(ObjectSizeExceededError) as raised:
                     await storage.set("fits", blob)
                 self.assertIsInstance(raised.exception, ValueError)
                 self.assertIn("100 bytes", str(raised.exception))
-            with self.assertRaises(ObjectSizeExceededError):  # type: ignore[attr-defined]
+            with self.assertRaises(ObjectSizeExceededError):
                 await storage.set("new", b"z" * 101)
             self.assertEqual(await storage.get("fits"), b"x" * 100)
             self.assertFalse(await storage.exists("new"))
@@ -217,7 +226,7 @@ class StorageTests:
 
     def test_bad_max_object_size_is_refused(self) -> None:
         for value, error in ((-1, ValueError), ("100", TypeError), (1.5, TypeError)):
-            with self.subTest(value=value), self.assertRaises(error):  # type: ignore[attr-defined]
+            with self.subTest(value=value), self.assertRaises(error):
                 self.make_storage(max_object_size=value)
 
     # Concurrency and life cycle.
@@ -246,7 +255,7 @@ class StorageTests:
         for key in keys:
             await self.storage.set(key, key.encode() * 3)
         after = timezone.now() + datetime.timedelta(seconds=1)
-        infos = await self.storage.list_blobs()  # type: ignore[attr-defined]
+        infos = await self.storage.list_blobs()
         self.assertEqual([info.key for info in infos], sorted(keys))
         for info in infos:
             self.assertIsInstance(info, BlobInfo)
@@ -255,7 +264,17 @@ class StorageTests:
             self.assertTrue(before <= info.updated <= after, info.updated)
 
     async def test_list_blobs_by_prefix(self) -> None:
-        for key in ["a", "a/1", "a/2", "a0", "a\U0010ffff", "b", "A/1", "\U0010ffff", "\U0010ffffx"]:
+        for key in [
+            "a",
+            "a/1",
+            "a/2",
+            "a0",
+            "a\U0010ffff",
+            "b",
+            "A/1",
+            "\U0010ffff",
+            "\U0010ffffx",
+        ]:
             await self.storage.set(key, b"")
         cases = {
             "a/": ["a/1", "a/2"],
@@ -265,8 +284,8 @@ class StorageTests:
             "c": [],
         }
         for prefix, expected in cases.items():
-            with self.subTest(prefix=prefix):  # type: ignore[attr-defined]
-                infos = await self.storage.list_blobs(prefix)  # type: ignore[attr-defined]
+            with self.subTest(prefix=prefix):
+                infos = await self.storage.list_blobs(prefix)
                 self.assertEqual([info.key for info in infos], expected)
 
     async def test_list_blobs_in_pages(self) -> None:
@@ -276,9 +295,7 @@ class StorageTests:
         await self.storage.set("other", b"x")
         seen: list[str] = []
         after = ""
-        while page := await self.storage.list_blobs(  # type: ignore[attr-defined]
-            "page/", after=after, limit=10
-        ):
+        while page := await self.storage.list_blobs("page/", after=after, limit=10):
             self.assertLessEqual(len(page), 10)
             seen += [info.key for info in page]
             after = page[-1].key
@@ -294,8 +311,8 @@ class StorageTests:
             ({"prefix": "\udfff"}, ValueError),
         ]
         for arguments, error in cases:
-            with self.subTest(arguments=arguments), self.assertRaises(error):  # type: ignore[attr-defined]
-                await self.storage.list_blobs(**arguments)  # type: ignore[attr-defined]
+            with self.subTest(arguments=arguments), self.assertRaises(error):
+                await self.storage.list_blobs(**arguments)
 
 
 class PersistentStorageTests(StorageTests):
@@ -318,18 +335,18 @@ class PersistentStorageTests(StorageTests):
 
 
 class DictStorageTests(StorageTests, SimpleTestCase):
-    def make_storage(self, **options: Any) -> BaseStorage:
+    def make_storage(self, **options: Any) -> AnyStorage:
         return DictStorage(**options)
 
     async def test_close_forgets_blobs_as_upstream_does(self) -> None:
         await self.storage.set("key", b"data")
         await self.storage.close()
         self.assertFalse(await self.storage.exists("key"))
-        self.assertEqual(await self.storage.list_blobs(), [])  # type: ignore[attr-defined]
+        self.assertEqual(await self.storage.list_blobs(), [])
 
 
 class SQLiteMemoryStorageTests(StorageTests, SimpleTestCase):
-    def make_storage(self, **options: Any) -> BaseStorage:
+    def make_storage(self, **options: Any) -> AnyStorage:
         return SQLiteStorage(**options)
 
 
@@ -340,7 +357,7 @@ class SQLiteFileStorageTests(PersistentStorageTests, SimpleTestCase):
         self.path = Path(directory.name) / "blobs.sqlite3"
         super().setUp()
 
-    def make_storage(self, **options: Any) -> BaseStorage:
+    def make_storage(self, **options: Any) -> AnyStorage:
         return SQLiteStorage(self.path, **options)
 
     async def test_opens_lazily_in_wal_mode(self) -> None:
@@ -372,7 +389,7 @@ class ORMStorageTests(PersistentStorageTests, TestCase):
     databases = {"default"}
     using = "default"
 
-    def make_storage(self, **options: Any) -> BaseStorage:
+    def make_storage(self, **options: Any) -> AnyStorage:
         return ORMStorage(using=self.using, **options)
 
     async def test_row_records_size_digest_and_times(self) -> None:

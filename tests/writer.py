@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from blobstore.storage import BaseStorage
+from blobstore.storage import ListingStorage
 
 SHARED_KEY = "shared"
 
@@ -30,7 +30,7 @@ def blob_for(worker: int, number: int) -> bytes:
     return (seed * (1024 * (1 + number % 8) // len(seed) + 1))[: 1024 * (1 + number % 8)]
 
 
-def open_storage(backend: str) -> BaseStorage:
+def open_storage(backend: str) -> ListingStorage:
     if backend.startswith("sqlite:"):
         from blobstore.storage import SQLiteStorage
 
@@ -44,17 +44,17 @@ def open_storage(backend: str) -> BaseStorage:
     return ORMStorage()
 
 
-async def write(storage: BaseStorage, worker: int, count: int, start_at: float) -> None:
+async def write(storage: ListingStorage, worker: int, count: int, start_at: float) -> None:
     await asyncio.sleep(max(0.0, start_at - time.time()))
     for number in range(count):
         await storage.set(f"worker-{worker}/{number:05}", blob_for(worker, number))
         await storage.set(SHARED_KEY, blob_for(worker, number))
 
 
-async def dump(storage: BaseStorage) -> None:
+async def dump(storage: ListingStorage) -> None:
     digests = {}
     after = ""
-    while page := await storage.list_blobs(after=after):  # type: ignore[attr-defined]
+    while page := await storage.list_blobs(after=after):
         for info in page:
             blob = await storage.get(info.key)
             assert blob is not None

@@ -57,6 +57,9 @@ DEFAULT_MAX_OBJECT_SIZE = 100 * 1024 * 1024
 DEFAULT_PAGE_SIZE = 1000
 """How many records :meth:`ListingStorage.list_blobs` returns unless told otherwise."""
 
+BytesLike = bytes | bytearray | memoryview
+"""What ``set`` accepts: ``bytes`` and any flat view of bytes."""
+
 _FIRST_SURROGATE, _LAST_SURROGATE = 0xD800, 0xDFFF
 
 

@@ -90,7 +90,8 @@ def _build(alias: str, params: object) -> Storage:
         backend_class = import_string(backend)
     except (ImportError, TypeError) as error:
         raise InvalidStorageError(
-            f"BLOBSTORE_STORAGES[{alias!r}]['BACKEND'] = {backend!r} could not be imported: {error}",
+            f"BLOBSTORE_STORAGES[{alias!r}]['BACKEND'] = {backend!r} could not be imported: "
+            f"{error}",
             check_id="blobstore.E004",
         ) from error
     if not isinstance(options, Mapping):

@@ -11,6 +11,7 @@ from blobstore.storage.base import (
     DEFAULT_PAGE_SIZE,
     BaseStorage,
     BlobInfo,
+    BytesLike,
     validate_item,
     validate_key,
     validate_listing,
@@ -36,7 +37,7 @@ class DictStorage(BaseStorage):
             validate_key(key)
             return default
 
-    async def set(self, key: str, blob: bytes) -> None:
+    async def set(self, key: str, blob: BytesLike) -> None:
         """Store blob under key, replacing any blob already there."""
         data = validate_item(key, blob, self.max_object_size)
         # A view may belong to a buffer that the caller changes later: keep a copy.
@@ -48,7 +49,7 @@ class DictStorage(BaseStorage):
         try:
             if key in self._data:
                 return True
-        except TypeError:  # noqa: SIM105 - suppress() costs more than the lookup
+        except TypeError:
             pass
         validate_key(key)
         return False
@@ -72,9 +73,7 @@ class DictStorage(BaseStorage):
     ) -> list[BlobInfo]:
         """Return up to limit records whose keys start with prefix and sort after `after`."""
         validate_listing(prefix, after, limit)
-        keys = heapq.nsmallest(
-            limit, (k for k in self._data if k > after and k.startswith(prefix))
-        )
+        keys = heapq.nsmallest(limit, (k for k in self._data if k > after and k.startswith(prefix)))
         return [
             BlobInfo(
                 key=key,

@@ -13,6 +13,7 @@ from blobstore.storage.base import (
     DEFAULT_PAGE_SIZE,
     BaseStorage,
     BlobInfo,
+    BytesLike,
     prefix_end,
     validate_item,
     validate_key,
@@ -62,7 +63,7 @@ class ORMStorage(BaseStorage):
             return default
         return data if type(data) is bytes else bytes(data)
 
-    async def set(self, key: str, blob: bytes) -> None:
+    async def set(self, key: str, blob: BytesLike) -> None:
         """Store blob under key, replacing any blob already there, in one statement."""
         data = validate_item(key, blob, self.max_object_size)
         now = timezone.now()

@@ -6,6 +6,7 @@ import asyncio
 import datetime
 import os
 import pathlib
+import sqlite3
 import time
 
 import aiosqlite
@@ -15,6 +16,7 @@ from blobstore.storage.base import (
     DEFAULT_PAGE_SIZE,
     BaseStorage,
     BlobInfo,
+    BytesLike,
     prefix_end,
     validate_item,
     validate_key,
@@ -66,7 +68,9 @@ class SQLiteStorage(BaseStorage):
     ) -> None:
         super().__init__(max_object_size=max_object_size)
         if synchronous not in _SYNCHRONOUS_MODES:
-            raise ValueError(f"synchronous must be one of {_SYNCHRONOUS_MODES}, not {synchronous!r}.")
+            raise ValueError(
+                f"synchronous must be one of {_SYNCHRONOUS_MODES}, not {synchronous!r}."
+            )
         if database_path == MEMORY:
             self.database_path = MEMORY
         else:
@@ -101,7 +105,7 @@ class SQLiteStorage(BaseStorage):
         rows = await self._fetchall("SELECT value FROM blobs WHERE key = ?", (key,))
         return rows[0][0] if rows else default
 
-    async def set(self, key: str, blob: bytes) -> None:
+    async def set(self, key: str, blob: BytesLike) -> None:
         """Store blob under key, replacing any blob already there."""
         data = validate_item(key, blob, self.max_object_size)
         db = await self.db()
@@ -136,13 +140,13 @@ class SQLiteStorage(BaseStorage):
         if end is not None:
             sql += " AND key < ?"
             params.append(end)
-        rows = await self._fetchall(sql + " ORDER BY key LIMIT ?", (*params, limit))
+        rows = await self._fetchall(f"{sql} ORDER BY key LIMIT ?", (*params, limit))
         return [
             BlobInfo(key, size, datetime.datetime.fromtimestamp(updated, datetime.UTC))
             for key, size, updated in rows
         ]
 
-    async def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[tuple[object, ...]]:
+    async def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         # One hop to aiosqlite's thread, where execute + fetchone + close take three.
         db = await self.db()
-        return list(await db.execute_fetchall(sql, params))  # type: ignore[arg-type]
+        return list(await db.execute_fetchall(sql, params))
