@@ -93,11 +93,28 @@ class SQLiteStorage(BaseStorage):
         # BEGIN/COMMIT round trips through aiosqlite's thread.
         db = await aiosqlite.connect(self.database_path, timeout=self.timeout, isolation_level=None)
         try:
-            await db.executescript(_SCHEMA.format(synchronous=self.synchronous))
+            await self._prepare(db)
         except BaseException:
             await db.close()
             raise
         return db
+
+    async def _prepare(self, db: aiosqlite.Connection) -> None:
+        # Turning a new file to WAL takes an exclusive lock, and SQLite answers
+        # BUSY at once, without its busy timeout, to connections that would
+        # deadlock over it: several processes opening one new file must retry.
+        deadline = time.monotonic() + self.timeout
+        pause = 0.001
+        while True:
+            try:
+                await db.executescript(_SCHEMA.format(synchronous=self.synchronous))
+                return
+            except sqlite3.OperationalError as error:
+                busy = error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
+                if not busy or time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
 
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """Return the blob for key, or default when there is none."""
