@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import asyncio
 import datetime
+import hashlib
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from blobstore.models import Blob
 from blobstore.storage import (
     MAX_KEY_LENGTH,
     BlobInfo,
+    BlobStorage,
     DictStorage,
     ListingStorage,
     ORMStorage,
@@ -49,6 +51,8 @@ BAD_KEYS: list[tuple[Any, type[Exception]]] = [
     ("nul\x00inside", ValueError),
     ("lone \ud800 surrogate", ValueError),
 ]
+
+SHA256_HELLO = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
 
 AnyStorage = DictStorage | SQLiteStorage | ORMStorage
 
@@ -106,6 +110,7 @@ class StorageTests(TestCaseMixin):
         self.assertIsInstance(self.storage, upstream.Storage)
         self.assertIsInstance(self.storage, Storage)
         self.assertIsInstance(self.storage, ListingStorage)
+        self.assertIsInstance(self.storage, BlobStorage)
 
     # get, set, exists, evict.
 
@@ -247,6 +252,67 @@ class StorageTests(TestCaseMixin):
             await entered.set("k", b"v")
             self.assertEqual(await entered.get("k"), b"v")
 
+    # Metadata and conditional writes.
+
+    async def test_stat_and_fetch(self) -> None:
+        self.assertIsNone(await self.storage.stat("absent"))
+        self.assertIsNone(await self.storage.fetch("absent"))
+        before = timezone.now() - datetime.timedelta(seconds=1)
+        await self.storage.set("k", b"hello")
+        info = await self.storage.stat("k")
+        assert info is not None
+        self.assertEqual((info.key, info.size, info.sha256), ("k", 5, SHA256_HELLO))
+        self.assertTrue(before <= info.updated <= timezone.now() + datetime.timedelta(seconds=1))
+        self.assertEqual(await self.storage.fetch("k"), (info, b"hello"))
+        await self.storage.set("k", bytearray(b"bye"))
+        fetched = await self.storage.fetch("k")
+        assert fetched is not None
+        self.assertEqual((fetched[0].size, fetched[1]), (3, b"bye"))
+        self.assertIs(type(fetched[1]), bytes)
+
+    async def test_create_only_when_absent(self) -> None:
+        self.assertTrue(await self.storage.create("k", b"first"))
+        self.assertFalse(await self.storage.create("k", b"second"))
+        self.assertEqual(await self.storage.get("k"), b"first")
+        self.assertTrue(await self.storage.create("empty", b""))
+        self.assertEqual(await self.storage.get("empty"), b"")
+
+    async def test_replace_only_when_digest_matches(self) -> None:
+        self.assertFalse(await self.storage.replace("k", b"new", sha256=SHA256_HELLO))
+        self.assertFalse(await self.storage.exists("k"))
+        await self.storage.set("k", b"hello")
+        self.assertFalse(await self.storage.replace("k", b"new", sha256="0" * 64))
+        self.assertEqual(await self.storage.get("k"), b"hello")
+        self.assertTrue(await self.storage.replace("k", b"new", sha256=SHA256_HELLO))
+        self.assertEqual(await self.storage.get("k"), b"new")
+        info = await self.storage.stat("k")
+        assert info is not None
+        self.assertEqual((info.size, info.sha256), (3, hashlib.sha256(b"new").hexdigest()))
+
+    async def test_concurrent_creates_store_one_blob(self) -> None:
+        values = [f"v{n}".encode() for n in range(10)]
+        created = await asyncio.gather(*(self.storage.create("k", value) for value in values))
+        self.assertEqual(created.count(True), 1)
+        self.assertEqual(await self.storage.get("k"), values[created.index(True)])
+
+    async def test_conditional_writes_check_their_input(self) -> None:
+        await self.storage.set("k", b"kept")
+        storage = self.make_storage(max_object_size=4)
+        cases: list[tuple[Any, type[Exception]]] = [
+            (self.storage.create("", b"x"), ValueError),
+            (self.storage.create("k2", "text"), TypeError),
+            (self.storage.replace("k", b"x", sha256=None), TypeError),
+            (self.storage.replace("k", 5, sha256=SHA256_HELLO), TypeError),
+            (self.storage.stat(b"k"), TypeError),
+            (self.storage.fetch("\x00"), ValueError),
+            (storage.create("big", b"12345"), ObjectSizeExceededError),
+        ]
+        for call, error in cases:
+            with self.assertRaises(error):
+                await call
+        await storage.close()
+        self.assertEqual(await self.snapshot(), {"k": b"kept"})
+
     # Listing.
 
     async def test_list_blobs_in_code_point_order_with_metadata(self) -> None:
@@ -260,6 +326,7 @@ class StorageTests(TestCaseMixin):
         for info in infos:
             self.assertIsInstance(info, BlobInfo)
             self.assertEqual(info.size, len(info.key.encode()) * 3)
+            self.assertEqual(info.sha256, hashlib.sha256(info.key.encode() * 3).hexdigest())
             self.assertIsNotNone(info.updated.tzinfo)
             self.assertTrue(before <= info.updated <= after, info.updated)
 

@@ -7,6 +7,8 @@ from blobstore.storage.base import (
     MAX_KEY_LENGTH,
     BaseStorage,
     BlobInfo,
+    BlobStorage,
+    BytesLike,
     ListingStorage,
     Storage,
 )
@@ -20,6 +22,8 @@ __all__ = [
     "MAX_KEY_LENGTH",
     "BaseStorage",
     "BlobInfo",
+    "BlobStorage",
+    "BytesLike",
     "DictStorage",
     "ListingStorage",
     "ORMStorage",

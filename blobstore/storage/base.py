@@ -36,6 +36,12 @@ Life cycle
 Listing
     :meth:`ListingStorage.list_blobs` returns :class:`BlobInfo` records in key
     order (by code point), filtered by prefix and paged by the last key seen.
+
+Metadata and conditional writes
+    :class:`BlobStorage` adds what an HTTP API needs: :meth:`~BlobStorage.stat`
+    and :meth:`~BlobStorage.fetch` (the blob and its record, read together),
+    and two writes that check a condition atomically with the write:
+    :meth:`~BlobStorage.create` and :meth:`~BlobStorage.replace`.
 """
 
 from __future__ import annotations
@@ -90,11 +96,13 @@ class Storage(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
-    """What a listing says about one blob."""
+    """What a storage knows about one blob besides its bytes."""
 
     key: str
     size: int
     updated: datetime.datetime
+    sha256: str
+    """The hex SHA-256 digest of the blob."""
 
 
 @runtime_checkable
@@ -105,6 +113,27 @@ class ListingStorage(Storage, Protocol):
         self, prefix: str = "", *, after: str = "", limit: int = DEFAULT_PAGE_SIZE
     ) -> list[BlobInfo]:
         """Return up to limit records whose keys start with prefix and sort after `after`."""
+        ...
+
+
+@runtime_checkable
+class BlobStorage(ListingStorage, Protocol):
+    """A storage that also keeps metadata and writes on conditions."""
+
+    async def stat(self, key: str) -> BlobInfo | None:
+        """Return the record of the blob stored under key, or None."""
+        ...
+
+    async def fetch(self, key: str) -> tuple[BlobInfo, bytes] | None:
+        """Return the record and the bytes of one version of the blob, or None."""
+        ...
+
+    async def create(self, key: str, blob: BytesLike) -> bool:
+        """Store blob under key unless a blob is there; return whether it was stored."""
+        ...
+
+    async def replace(self, key: str, blob: BytesLike, *, sha256: str) -> bool:
+        """Replace the blob under key if its digest is sha256; return whether it was replaced."""
         ...
 
 
@@ -140,6 +169,13 @@ def validate_item(key: object, blob: object, max_object_size: int | None) -> byt
     if max_object_size is not None and size > max_object_size:
         raise ObjectSizeExceededError(size, max_object_size)
     return data
+
+
+def validate_digest(sha256: object) -> str:
+    """Return sha256 if it is a str, or raise TypeError."""
+    if not isinstance(sha256, str):
+        raise TypeError(f"sha256 must be a str, not {type(sha256).__name__}.")
+    return sha256
 
 
 def validate_listing(prefix: object, after: object, limit: object) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import heapq
 import time
 
@@ -12,6 +13,7 @@ from blobstore.storage.base import (
     BaseStorage,
     BlobInfo,
     BytesLike,
+    validate_digest,
     validate_item,
     validate_key,
     validate_listing,
@@ -24,8 +26,9 @@ class DictStorage(BaseStorage):
     def __init__(self, *, max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE) -> None:
         super().__init__(max_object_size=max_object_size)
         self._data: dict[str, bytes] = {}
-        # Kept apart from _data so that get() stays a single dict lookup.
-        self._updated: dict[str, float] = {}
+        # When each blob was set, and its digest once asked for; kept apart
+        # from _data so that get() stays a single dict lookup.
+        self._meta: dict[str, tuple[float, str | None]] = {}
 
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """Return the blob for key, or default when there is none."""
@@ -39,10 +42,7 @@ class DictStorage(BaseStorage):
 
     async def set(self, key: str, blob: BytesLike) -> None:
         """Store blob under key, replacing any blob already there."""
-        data = validate_item(key, blob, self.max_object_size)
-        # A view may belong to a buffer that the caller changes later: keep a copy.
-        self._data[key] = data if type(data) is bytes else bytes(data)
-        self._updated[key] = time.time()
+        self._store(key, validate_item(key, blob, self.max_object_size))
 
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
@@ -61,12 +61,12 @@ class DictStorage(BaseStorage):
         except (KeyError, TypeError):
             validate_key(key)
         else:
-            del self._updated[key]
+            del self._meta[key]
 
     async def close(self) -> None:
         """Forget every blob, as ProxyStore's DictStorage does."""
         self._data.clear()
-        self._updated.clear()
+        self._meta.clear()
 
     async def list_blobs(
         self, prefix: str = "", *, after: str = "", limit: int = DEFAULT_PAGE_SIZE
@@ -74,11 +74,46 @@ class DictStorage(BaseStorage):
         """Return up to limit records whose keys start with prefix and sort after `after`."""
         validate_listing(prefix, after, limit)
         keys = heapq.nsmallest(limit, (k for k in self._data if k > after and k.startswith(prefix)))
-        return [
-            BlobInfo(
-                key=key,
-                size=len(self._data[key]),
-                updated=datetime.datetime.fromtimestamp(self._updated[key], datetime.UTC),
-            )
-            for key in keys
-        ]
+        return [self._info(key) for key in keys]
+
+    async def stat(self, key: str) -> BlobInfo | None:
+        """Return the record of the blob stored under key, or None."""
+        validate_key(key)
+        return self._info(key) if key in self._data else None
+
+    async def fetch(self, key: str) -> tuple[BlobInfo, bytes] | None:
+        """Return the record and the bytes of the blob stored under key, or None."""
+        validate_key(key)
+        return (self._info(key), self._data[key]) if key in self._data else None
+
+    async def create(self, key: str, blob: BytesLike) -> bool:
+        """Store blob under key unless a blob is there; return whether it was stored."""
+        data = validate_item(key, blob, self.max_object_size)
+        if key in self._data:
+            return False
+        self._store(key, data)
+        return True
+
+    async def replace(self, key: str, blob: BytesLike, *, sha256: str) -> bool:
+        """Replace the blob under key if its digest is sha256; return whether it was replaced."""
+        data = validate_item(key, blob, self.max_object_size)
+        validate_digest(sha256)
+        if key not in self._data or self._info(key).sha256 != sha256:
+            return False
+        self._store(key, data)
+        return True
+
+    def _store(self, key: str, data: bytes | memoryview) -> None:
+        # A view may belong to a buffer that the caller changes later: keep a copy.
+        self._data[key] = data if type(data) is bytes else bytes(data)
+        self._meta[key] = (time.time(), None)
+
+    def _info(self, key: str) -> BlobInfo:
+        data = self._data[key]
+        updated, digest = self._meta[key]
+        if digest is None:
+            digest = hashlib.sha256(data).hexdigest()
+            self._meta[key] = (updated, digest)
+        return BlobInfo(
+            key, len(data), datetime.datetime.fromtimestamp(updated, datetime.UTC), digest
+        )

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
-from django.db import DEFAULT_DB_ALIAS
+from asgiref.sync import sync_to_async
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
 from django.utils import timezone
 
 from blobstore.storage.base import (
@@ -15,6 +16,7 @@ from blobstore.storage.base import (
     BlobInfo,
     BytesLike,
     prefix_end,
+    validate_digest,
     validate_item,
     validate_key,
     validate_listing,
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from blobstore.models import Blob
 
 _REPLACED_FIELDS = ["data", "size", "sha256", "updated"]
+_INFO_FIELDS = ["key", "size", "updated", "sha256"]
 
 
 class ORMStorage(BaseStorage):
@@ -65,16 +68,7 @@ class ORMStorage(BaseStorage):
 
     async def set(self, key: str, blob: BytesLike) -> None:
         """Store blob under key, replacing any blob already there, in one statement."""
-        data = validate_item(key, blob, self.max_object_size)
-        now = timezone.now()
-        row = self.blobs.model(
-            key=key,
-            data=data,
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            created=now,
-            updated=now,
-        )
+        row = self._row(key, validate_item(key, blob, self.max_object_size))
         # INSERT ... ON CONFLICT DO UPDATE: atomic on SQLite and PostgreSQL, so
         # two writers of one key never meet an IntegrityError.
         await self.blobs.abulk_create(
@@ -101,5 +95,52 @@ class ORMStorage(BaseStorage):
         end = prefix_end(prefix)
         if end is not None:
             rows = rows.filter(key__lt=end)
-        records = rows.order_by("key").values_list("key", "size", "updated")[:limit]
-        return [BlobInfo(key, size, updated) async for key, size, updated in records]
+        records = rows.order_by("key").values_list(*_INFO_FIELDS)[:limit]
+        return [BlobInfo(*record) async for record in records]
+
+    async def stat(self, key: str) -> BlobInfo | None:
+        """Return the record of the blob stored under key, or None."""
+        validate_key(key)
+        record = await self.blobs.filter(key=key).values_list(*_INFO_FIELDS).afirst()
+        return None if record is None else BlobInfo(*record)
+
+    async def fetch(self, key: str) -> tuple[BlobInfo, bytes] | None:
+        """Return the record and the bytes of the blob stored under key, or None."""
+        validate_key(key)
+        record = await self.blobs.filter(key=key).values_list(*_INFO_FIELDS, "data").afirst()
+        if record is None:
+            return None
+        *info, data = record
+        return BlobInfo(*info), data if type(data) is bytes else bytes(data)
+
+    async def create(self, key: str, blob: BytesLike) -> bool:
+        """Store blob under key unless a blob is there; return whether it was stored."""
+        row = self._row(key, validate_item(key, blob, self.max_object_size))
+        try:
+            await sync_to_async(self._insert)(row)
+        except IntegrityError:
+            return False
+        return True
+
+    async def replace(self, key: str, blob: BytesLike, *, sha256: str) -> bool:
+        """Replace the blob under key if its digest is sha256; return whether it was replaced."""
+        row = self._row(key, validate_item(key, blob, self.max_object_size))
+        current = self.blobs.filter(key=key, sha256=validate_digest(sha256))
+        changes = {field: getattr(row, field) for field in _REPLACED_FIELDS}
+        return await current.aupdate(**changes) > 0
+
+    def _row(self, key: str, data: bytes | memoryview) -> Blob:
+        now = timezone.now()
+        return self.blobs.model(
+            key=key,
+            data=data,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            created=now,
+            updated=now,
+        )
+
+    def _insert(self, row: Blob) -> None:
+        # A savepoint of its own, so that a conflict leaves the caller's transaction usable.
+        with transaction.atomic(using=self.using):
+            row.save(using=self.using, force_insert=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import os
 import pathlib
 import sqlite3
@@ -18,6 +19,7 @@ from blobstore.storage.base import (
     BlobInfo,
     BytesLike,
     prefix_end,
+    validate_digest,
     validate_item,
     validate_key,
     validate_listing,
@@ -36,15 +38,19 @@ CREATE TABLE IF NOT EXISTS blobs (
     key TEXT PRIMARY KEY NOT NULL,
     value BLOB NOT NULL,
     size INTEGER NOT NULL,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    sha256 TEXT NOT NULL
 );
 """
 
-_UPSERT = """
-INSERT INTO blobs (key, value, size, updated) VALUES (?, ?, ?, ?)
-ON CONFLICT (key) DO UPDATE
-SET value = excluded.value, size = excluded.size, updated = excluded.updated
-"""
+_INSERT = "INSERT INTO blobs (key, value, size, updated, sha256) VALUES (?, ?, ?, ?, ?)"
+_UPSERT = f"""{_INSERT} ON CONFLICT (key) DO UPDATE
+SET value = excluded.value, size = excluded.size, updated = excluded.updated,
+    sha256 = excluded.sha256"""
+_CREATE = f"{_INSERT} ON CONFLICT (key) DO NOTHING RETURNING 1"
+_REPLACE = """UPDATE blobs SET key = ?, value = ?, size = ?, updated = ?, sha256 = ?
+WHERE key = ? AND sha256 = ? RETURNING 1"""
+_INFO_COLUMNS = "key, size, updated, sha256"
 
 _SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -124,9 +130,9 @@ class SQLiteStorage(BaseStorage):
 
     async def set(self, key: str, blob: BytesLike) -> None:
         """Store blob under key, replacing any blob already there."""
-        data = validate_item(key, blob, self.max_object_size)
+        row = _row(key, validate_item(key, blob, self.max_object_size))
         db = await self.db()
-        await db.execute(_UPSERT, (key, data, len(data), time.time()))
+        await db.execute(_UPSERT, row)
 
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
@@ -151,19 +157,48 @@ class SQLiteStorage(BaseStorage):
     ) -> list[BlobInfo]:
         """Return up to limit records whose keys start with prefix and sort after `after`."""
         validate_listing(prefix, after, limit)
-        sql = "SELECT key, size, updated FROM blobs WHERE key >= ? AND key > ?"
+        sql = f"SELECT {_INFO_COLUMNS} FROM blobs WHERE key >= ? AND key > ?"
         params: list[object] = [prefix, after]
         end = prefix_end(prefix)
         if end is not None:
             sql += " AND key < ?"
             params.append(end)
         rows = await self._fetchall(f"{sql} ORDER BY key LIMIT ?", (*params, limit))
-        return [
-            BlobInfo(key, size, datetime.datetime.fromtimestamp(updated, datetime.UTC))
-            for key, size, updated in rows
-        ]
+        return [_info(*row) for row in rows]
+
+    async def stat(self, key: str) -> BlobInfo | None:
+        """Return the record of the blob stored under key, or None."""
+        validate_key(key)
+        rows = await self._fetchall(f"SELECT {_INFO_COLUMNS} FROM blobs WHERE key = ?", (key,))
+        return _info(*rows[0]) if rows else None
+
+    async def fetch(self, key: str) -> tuple[BlobInfo, bytes] | None:
+        """Return the record and the bytes of the blob stored under key, or None."""
+        validate_key(key)
+        rows = await self._fetchall(
+            f"SELECT {_INFO_COLUMNS}, value FROM blobs WHERE key = ?", (key,)
+        )
+        return (_info(*rows[0][:4]), rows[0][4]) if rows else None
+
+    async def create(self, key: str, blob: BytesLike) -> bool:
+        """Store blob under key unless a blob is there; return whether it was stored."""
+        row = _row(key, validate_item(key, blob, self.max_object_size))
+        return bool(await self._fetchall(_CREATE, row))
+
+    async def replace(self, key: str, blob: BytesLike, *, sha256: str) -> bool:
+        """Replace the blob under key if its digest is sha256; return whether it was replaced."""
+        row = _row(key, validate_item(key, blob, self.max_object_size))
+        return bool(await self._fetchall(_REPLACE, (*row, key, validate_digest(sha256))))
 
     async def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         # One hop to aiosqlite's thread, where execute + fetchone + close take three.
         db = await self.db()
         return list(await db.execute_fetchall(sql, params))
+
+
+def _row(key: str, data: bytes | memoryview) -> tuple[str, bytes | memoryview, int, float, str]:
+    return key, data, len(data), time.time(), hashlib.sha256(data).hexdigest()
+
+
+def _info(key: str, size: int, updated: float, sha256: str) -> BlobInfo:
+    return BlobInfo(key, size, datetime.datetime.fromtimestamp(updated, datetime.UTC), sha256)
