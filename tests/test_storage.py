@@ -8,7 +8,7 @@ import datetime
 import hashlib
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import proxystore.endpoint.storage as upstream
 from asgiref.sync import async_to_sync
@@ -298,12 +298,13 @@ class StorageTests(TestCaseMixin):
     async def test_conditional_writes_check_their_input(self) -> None:
         await self.storage.set("k", b"kept")
         storage = self.make_storage(max_object_size=4)
+        text, number, nothing, raw_key = cast(Any, ("text", 5, None, b"k"))
         cases: list[tuple[Any, type[Exception]]] = [
             (self.storage.create("", b"x"), ValueError),
-            (self.storage.create("k2", "text"), TypeError),
-            (self.storage.replace("k", b"x", sha256=None), TypeError),
-            (self.storage.replace("k", 5, sha256=SHA256_HELLO), TypeError),
-            (self.storage.stat(b"k"), TypeError),
+            (self.storage.create("k2", text), TypeError),
+            (self.storage.replace("k", b"x", sha256=nothing), TypeError),
+            (self.storage.replace("k", number, sha256=SHA256_HELLO), TypeError),
+            (self.storage.stat(raw_key), TypeError),
             (self.storage.fetch("\x00"), ValueError),
             (storage.create("big", b"12345"), ObjectSizeExceededError),
         ]
