@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.translation import gettext_lazy as _
 
 from blobstore.storage.base import MAX_KEY_LENGTH
+
+TOKEN_PREFIX = "bs_"
+"""Every API token secret starts so, which lets secret scanners find leaked ones."""
 
 # Keys sort and match prefixes by code point on every database; PostgreSQL's
 # default collation would sort by language rules and ignore the index for
@@ -42,3 +48,49 @@ class Blob(models.Model):
 
     def __str__(self) -> str:
         return str(self.key)
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class APITokenManager(models.Manager["APIToken"]):
+    def create_token(self, user: Any, name: str = "") -> tuple[APIToken, str]:
+        """Create a token for user; return it with its secret, which is not stored."""
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = self.create(user=user, name=name, digest=_digest(secret), hint=secret[:12])
+        return token, secret
+
+    async def aget_active(self, secret: str) -> APIToken | None:
+        """Return the active token whose secret this is, with its user, or None."""
+        return (
+            await self.select_related("user")
+            .filter(digest=_digest(secret), revoked=None, user__is_active=True)
+            .afirst()
+        )
+
+
+class APIToken(models.Model):
+    """A secret that lets a program act as a user: ``Authorization: Bearer <secret>``.
+
+    Only the SHA-256 digest of the secret is stored; the secret is shown once,
+    when the token is made.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="blobstore_tokens"
+    )
+    name = models.CharField(_("name"), max_length=100, blank=True)
+    digest = models.CharField(_("SHA-256 of the secret"), max_length=64, unique=True)
+    hint = models.CharField(_("first characters"), max_length=12)
+    created = models.DateTimeField(_("created"), auto_now_add=True)
+    revoked = models.DateTimeField(_("revoked"), null=True, blank=True)
+
+    objects = APITokenManager()
+
+    class Meta:
+        verbose_name = _("API token")
+        verbose_name_plural = _("API tokens")
+
+    def __str__(self) -> str:
+        return f"{self.hint}… ({self.user})"

@@ -120,6 +120,10 @@ class ListingStorage(Storage, Protocol):
 class BlobStorage(ListingStorage, Protocol):
     """A storage that also keeps metadata and writes on conditions."""
 
+    async def set(self, key: str, blob: BytesLike) -> None:
+        """Store blob (bytes or a view of bytes) under key, replacing any blob there."""
+        ...
+
     async def stat(self, key: str) -> BlobInfo | None:
         """Return the record of the blob stored under key, or None."""
         ...

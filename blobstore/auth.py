@@ -1,0 +1,98 @@
+"""Who makes an API request, and what they may do.
+
+A program sends ``Authorization: Bearer <secret>`` with an :class:`APIToken`;
+a browser uses its Django session, and must then pass Django's CSRF check on
+unsafe methods. ``BLOBSTORE_ANONYMOUS_ACCESS`` opens reads (``"read"``) or
+everything (``"write"``) to anonymous users.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import aget_user
+from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+
+from blobstore.conf import conf
+from blobstore.models import APIToken
+
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+PERMISSIONS = {
+    "GET": ["blobstore.view_blob"],
+    "HEAD": ["blobstore.view_blob"],
+    "PUT": ["blobstore.add_blob", "blobstore.change_blob"],
+    "POST": ["blobstore.add_blob", "blobstore.change_blob"],
+    "DELETE": ["blobstore.delete_blob"],
+}
+
+# Whatever AUTH_USER_MODEL is, with Django's PermissionsMixin; or AnonymousUser.
+User = Any
+
+
+class AccessDenied(Exception):
+    """The request may not do what it asks; status is 401 or 403."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def authorize(request: HttpRequest, method: str) -> User:
+    """Return the user making request if they may use method, or raise AccessDenied."""
+    user, by_token = await _authenticate(request)
+    if not by_token and user.is_authenticated and method not in READ_METHODS:
+        _check_csrf(request)
+    if _anonymous_may(method):
+        return user
+    if not user.is_authenticated:
+        raise AccessDenied(401, "Authentication required: log in or send an API token.")
+    if not await user.ahas_perms(PERMISSIONS[method]):
+        raise AccessDenied(403, f"You lack the permission to {method} blobs.")
+    return user
+
+
+async def _authenticate(request: HttpRequest) -> tuple[User, bool]:
+    header = request.headers.get("Authorization")
+    if header is None:
+        return await _session_user(request), False
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise AccessDenied(401, "The Authorization header must be 'Bearer <token>'.")
+    token = await APIToken.objects.aget_active(secret.strip())
+    if token is None:
+        raise AccessDenied(401, "The API token is invalid or revoked.")
+    return token.user, True
+
+
+async def _session_user(request: HttpRequest) -> User:
+    if hasattr(request, "auser"):  # AuthenticationMiddleware ran
+        return await request.auser()
+    if not hasattr(request, "session"):
+        # Served without the site's middleware: open the session as it would.
+        engine = import_module(settings.SESSION_ENGINE)
+        request.session = engine.SessionStore(request.COOKIES.get(settings.SESSION_COOKIE_NAME))
+    return await aget_user(request)
+
+
+def _anonymous_may(method: str) -> bool:
+    access = conf.BLOBSTORE_ANONYMOUS_ACCESS
+    return access == "write" or (access == "read" and method in READ_METHODS)
+
+
+class _CsrfCheck(CsrfViewMiddleware):
+    def _reject(self, request: HttpRequest, reason: str) -> Any:
+        # The reason, not Django's HTML page: the API answers in JSON.
+        return reason
+
+
+def _check_csrf(request: HttpRequest) -> None:
+    check = _CsrfCheck(lambda request: HttpResponse())
+    check.process_request(request)
+    reason = check.process_view(request, None, (), {})  # type: ignore[arg-type]
+    if reason:
+        raise AccessDenied(403, f"CSRF check failed: {reason}")

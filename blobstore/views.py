@@ -1,0 +1,306 @@
+"""The HTTP API: list, read, write and delete blobs, as JSON and raw bytes.
+
+Every view is async and talks to the storage directly. Errors are JSON
+``{"error": "..."}`` with a 4xx status; a client's mistake is never a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import posixpath
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.cache import get_conditional_response
+from django.utils.decorators import method_decorator
+from django.utils.http import http_date, parse_etags
+from django.views import View
+from django.views.decorators.csrf import csrf_exempt
+
+from blobstore.auth import AccessDenied, authorize
+from blobstore.storage import BlobInfo, BlobStorage, storages
+from blobstore.storage.base import DEFAULT_PAGE_SIZE, validate_key
+
+MAX_PAGE_SIZE = 1000
+READ_CHUNK_SIZE = 1024 * 1024
+
+# Served blobs are data, never a page: no sniffing, no rendering, no scripts.
+SAFE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
+
+class BadRequest(Exception):
+    """The client asked for something malformed or impossible; status is 4xx."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JsonResponse:
+    """Return the JSON error response that every API view answers with."""
+    response = JsonResponse({"error": message}, status=status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="blobstore"'
+    return response
+
+
+def storage() -> BlobStorage:
+    """Return the storage that the API serves."""
+    return storages["default"]  # type: ignore[return-value]
+
+
+@method_decorator(csrf_exempt, name="dispatch")  # session requests are checked in authorize()
+class APIView(View):
+    """Authorize each request and turn refusals into JSON errors."""
+
+    http_method_names = ["get", "head", "put", "delete", "options"]
+
+    async def dispatch(  # type: ignore[override]  # an async view's dispatch is a coroutine
+        self, request: HttpRequest, *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        method = request.method or ""
+        allowed = method.lower() in self.http_method_names
+        handler = getattr(self, method.lower(), None) if allowed else None
+        if handler is None:
+            return self.http_method_not_allowed(request)
+        try:
+            if method != "OPTIONS":
+                await authorize(request, method)
+            response: HttpResponse = await handler(request, *args, **kwargs)
+            return response
+        except AccessDenied as denied:
+            return error(denied.status, denied.message)
+        except BadRequest as bad:
+            return error(bad.status, bad.message, bad.headers)
+
+    def http_method_not_allowed(
+        self, request: HttpRequest, *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        allowed = ", ".join(name.upper() for name in self.http_method_names if hasattr(self, name))
+        return error(405, f"Method {request.method} is not allowed here.", {"Allow": allowed})
+
+
+class BlobListView(APIView):
+    """``GET /``: keys with metadata, in key order, by prefix and in pages."""
+
+    http_method_names = ["get", "head", "options"]
+
+    async def get(self, request: HttpRequest) -> HttpResponse:
+        prefix = request.GET.get("prefix", "")
+        limit = _page_size(request.GET.get("limit"))
+        after = _decode_cursor(request.GET.get("cursor"))
+        try:
+            infos = await storage().list_blobs(prefix, after=after, limit=limit)
+        except ValueError as invalid:
+            raise BadRequest(400, str(invalid)) from invalid
+        cursor = _encode_cursor(infos[-1].key) if len(infos) == limit else None
+        return JsonResponse({"blobs": [_describe(info) for info in infos], "cursor": cursor})
+
+    head = get
+
+
+class BlobView(APIView):
+    """``/<key>``: the blob's bytes (GET, HEAD), a new version (PUT), its removal (DELETE)."""
+
+    async def get(self, request: HttpRequest, key: str) -> HttpResponse:
+        fetched = await storage().fetch(_checked(key))
+        if fetched is None:
+            raise BadRequest(404, f"No blob has the key {key!r}.")
+        info, data = fetched
+        conditional = _conditional(request, info)
+        if conditional is not None:
+            return conditional
+        byte_range = _requested_range(request, info)
+        if byte_range is None:
+            return _blob_response(info, data, 200)
+        start, stop = byte_range
+        response = _blob_response(info, data[start:stop], 206)
+        response["Content-Range"] = f"bytes {start}-{stop - 1}/{info.size}"
+        return response
+
+    async def head(self, request: HttpRequest, key: str) -> HttpResponse:
+        info = await storage().stat(_checked(key))
+        if info is None:
+            raise BadRequest(404, f"No blob has the key {key!r}.")
+        conditional = _conditional(request, info)
+        if conditional is not None:
+            return conditional
+        response = _blob_response(info, b"", 200)
+        response["Content-Length"] = str(info.size)
+        return response
+
+    async def put(self, request: HttpRequest, key: str) -> HttpResponse:
+        store = storage()
+        limit = getattr(store, "max_object_size", None)
+        body = await _read_body(request, _checked(key), limit)
+        created = await _write(request, store, key, body)
+        info = await store.stat(key)
+        described = _describe(info) if info else {"key": key}
+        response = JsonResponse(described, status=201 if created else 200)
+        if info is not None:
+            response["ETag"] = _etag(info)
+        return response
+
+    async def delete(self, request: HttpRequest, key: str) -> HttpResponse:
+        await storage().evict(_checked(key))
+        return HttpResponse(status=204)
+
+
+async def _write(request: HttpRequest, store: BlobStorage, key: str, body: bytearray) -> bool:
+    """Store body under key as the request's preconditions allow; return whether it was new."""
+    if_none_match = request.headers.get("If-None-Match")
+    if_match = request.headers.get("If-Match")
+    if if_none_match is not None:
+        if if_none_match.strip() != "*":
+            raise BadRequest(400, "PUT accepts only 'If-None-Match: *' (create only).")
+        if not await store.create(key, body):
+            raise BadRequest(412, f"A blob with the key {key!r} exists already.")
+        return True
+    if if_match is not None:
+        current = await store.stat(key)
+        wanted = parse_etags(if_match)
+        if current is None or ("*" not in wanted and _etag(current) not in wanted):
+            raise BadRequest(412, "The blob does not match If-Match.")
+        if not await store.replace(key, body, sha256=current.sha256):
+            raise BadRequest(412, "The blob changed while it was being replaced.")
+        return False
+    created = not await store.exists(key)
+    await store.set(key, body)
+    return created
+
+
+async def _read_body(request: HttpRequest, key: str, limit: int | None) -> bytearray:
+    """Return the request body, or refuse it with 413 as soon as it is over limit."""
+    length = request.headers.get("Content-Length")
+    if length is not None:
+        if not _is_number(length):
+            raise BadRequest(400, f"Content-Length must be a number of bytes, not {length!r}.")
+        if limit is not None and int(length) > limit:
+            raise BadRequest(413, _too_large(limit))
+    body = bytearray()
+    async for chunk in _body_chunks(request):
+        body += chunk
+        if limit is not None and len(body) > limit:
+            raise BadRequest(413, _too_large(limit))
+    return body
+
+
+async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
+    while chunk := request.read(READ_CHUNK_SIZE):
+        yield chunk
+
+
+def _too_large(limit: int) -> str:
+    return f"The body is larger than the limit of {limit} bytes."
+
+
+def _is_number(text: str) -> bool:
+    # str.isdigit() alone would accept digits that int() refuses, such as '²'.
+    return text.isascii() and text.isdigit()
+
+
+def _checked(key: str) -> str:
+    try:
+        return validate_key(key)
+    except ValueError as invalid:
+        raise BadRequest(400, str(invalid)) from invalid
+
+
+def _conditional(request: HttpRequest, info: BlobInfo) -> HttpResponse | None:
+    response = get_conditional_response(
+        request, etag=_etag(info), last_modified=int(info.updated.timestamp())
+    )
+    if response is None:
+        return None
+    if response.status_code == 412:
+        return error(412, "The blob does not match the request's preconditions.")
+    response["ETag"] = _etag(info)
+    return response
+
+
+def _requested_range(request: HttpRequest, info: BlobInfo) -> tuple[int, int] | None:
+    """Return the [start, stop) of a single satisfiable byte range, or None for the whole blob."""
+    header = request.headers.get("Range")
+    if header is None or not header.startswith("bytes="):
+        return None  # no range, or a unit we do not serve: the whole blob (RFC 9110 §14.2)
+    specs = header.removeprefix("bytes=").split(",")
+    if len(specs) > 1:
+        return None  # several ranges: the whole blob, rather than multipart
+    first, dash, last = specs[0].strip().partition("-")
+    unsatisfiable = BadRequest(
+        416,
+        f"The range {header!r} is not within the blob's {info.size} bytes.",
+        {"Content-Range": f"bytes */{info.size}"},
+    )
+    if not dash or not (first or last) or not all(_is_number(n) for n in (first, last) if n):
+        raise unsatisfiable
+    if not first:  # the last N bytes
+        if int(last) == 0 or info.size == 0:
+            raise unsatisfiable
+        return max(0, info.size - int(last)), info.size
+    start = int(first)
+    stop = info.size if not last else min(int(last) + 1, info.size)
+    if start >= info.size or stop <= start:
+        raise unsatisfiable
+    return start, stop
+
+
+def _blob_response(info: BlobInfo, body: bytes, status: int) -> HttpResponse:
+    response = HttpResponse(body, status=status, content_type="application/octet-stream")
+    filename = posixpath.basename(info.key) or "blob"
+    headers = {
+        **SAFE_HEADERS,
+        "Content-Length": str(len(body)),
+        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",
+        "ETag": _etag(info),
+        "Last-Modified": http_date(info.updated.timestamp()),
+        "Accept-Ranges": "bytes",
+    }
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def _etag(info: BlobInfo) -> str:
+    return f'"{info.sha256}"'
+
+
+def _describe(info: BlobInfo) -> dict[str, Any]:
+    return {
+        "key": info.key,
+        "size": info.size,
+        "sha256": info.sha256,
+        "updated": info.updated.isoformat(),
+    }
+
+
+def _page_size(value: str | None) -> int:
+    if value is None:
+        return min(DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    if not _is_number(value) or not 1 <= int(value) <= MAX_PAGE_SIZE:
+        raise BadRequest(400, f"limit must be a number from 1 to {MAX_PAGE_SIZE}, not {value!r}.")
+    return int(value)
+
+
+def _encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> str:
+    if not cursor:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadRequest(400, f"The cursor {cursor!r} is not one this API gave out.") from None
