@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import binascii
 import posixpath
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
@@ -21,11 +20,11 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from blobstore.auth import AccessDenied, authorize
+from blobstore.http import BadRequest, checked_key, error, is_number, read_body
 from blobstore.storage import BlobInfo, BlobStorage, storages
-from blobstore.storage.base import DEFAULT_PAGE_SIZE, validate_key
+from blobstore.storage.base import DEFAULT_PAGE_SIZE
 
 MAX_PAGE_SIZE = 1000
-READ_CHUNK_SIZE = 1024 * 1024
 
 # Served blobs are data, never a page: no sniffing, no rendering, no scripts.
 SAFE_HEADERS = {
@@ -33,26 +32,6 @@ SAFE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; sandbox",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-
-
-class BadRequest(Exception):
-    """The client asked for something malformed or impossible; status is 4xx."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-
-
-def error(status: int, message: str, headers: dict[str, str] | None = None) -> JsonResponse:
-    """Return the JSON error response that every API view answers with."""
-    response = JsonResponse({"error": message}, status=status)
-    for name, value in (headers or {}).items():
-        response[name] = value
-    if status == 401:
-        response["WWW-Authenticate"] = 'Bearer realm="blobstore"'
-    return response
 
 
 def storage() -> BlobStorage:
@@ -114,7 +93,7 @@ class BlobView(APIView):
     """``/<key>``: the blob's bytes (GET, HEAD), a new version (PUT), its removal (DELETE)."""
 
     async def get(self, request: HttpRequest, key: str) -> HttpResponse:
-        fetched = await storage().fetch(_checked(key))
+        fetched = await storage().fetch(checked_key(key))
         if fetched is None:
             raise BadRequest(404, f"No blob has the key {key!r}.")
         info, data = fetched
@@ -130,7 +109,7 @@ class BlobView(APIView):
         return response
 
     async def head(self, request: HttpRequest, key: str) -> HttpResponse:
-        info = await storage().stat(_checked(key))
+        info = await storage().stat(checked_key(key))
         if info is None:
             raise BadRequest(404, f"No blob has the key {key!r}.")
         conditional = _conditional(request, info)
@@ -142,8 +121,9 @@ class BlobView(APIView):
 
     async def put(self, request: HttpRequest, key: str) -> HttpResponse:
         store = storage()
+        checked_key(key)
         limit = getattr(store, "max_object_size", None)
-        body = await _read_body(request, _checked(key), limit)
+        body = await read_body(request, limit)
         created = await _write(request, store, key, body)
         info = await store.stat(key)
         described = _describe(info) if info else {"key": key}
@@ -153,7 +133,7 @@ class BlobView(APIView):
         return response
 
     async def delete(self, request: HttpRequest, key: str) -> HttpResponse:
-        await storage().evict(_checked(key))
+        await storage().evict(checked_key(key))
         return HttpResponse(status=204)
 
 
@@ -178,43 +158,6 @@ async def _write(request: HttpRequest, store: BlobStorage, key: str, body: bytea
     created = not await store.exists(key)
     await store.set(key, body)
     return created
-
-
-async def _read_body(request: HttpRequest, key: str, limit: int | None) -> bytearray:
-    """Return the request body, or refuse it with 413 as soon as it is over limit."""
-    length = request.headers.get("Content-Length")
-    if length is not None:
-        if not _is_number(length):
-            raise BadRequest(400, f"Content-Length must be a number of bytes, not {length!r}.")
-        if limit is not None and int(length) > limit:
-            raise BadRequest(413, _too_large(limit))
-    body = bytearray()
-    async for chunk in _body_chunks(request):
-        body += chunk
-        if limit is not None and len(body) > limit:
-            raise BadRequest(413, _too_large(limit))
-    return body
-
-
-async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
-    while chunk := request.read(READ_CHUNK_SIZE):
-        yield chunk
-
-
-def _too_large(limit: int) -> str:
-    return f"The body is larger than the limit of {limit} bytes."
-
-
-def _is_number(text: str) -> bool:
-    # str.isdigit() alone would accept digits that int() refuses, such as '²'.
-    return text.isascii() and text.isdigit()
-
-
-def _checked(key: str) -> str:
-    try:
-        return validate_key(key)
-    except ValueError as invalid:
-        raise BadRequest(400, str(invalid)) from invalid
 
 
 def _conditional(request: HttpRequest, info: BlobInfo) -> HttpResponse | None:
@@ -243,7 +186,7 @@ def _requested_range(request: HttpRequest, info: BlobInfo) -> tuple[int, int] | 
         f"The range {header!r} is not within the blob's {info.size} bytes.",
         {"Content-Range": f"bytes */{info.size}"},
     )
-    if not dash or not (first or last) or not all(_is_number(n) for n in (first, last) if n):
+    if not dash or not (first or last) or not all(is_number(n) for n in (first, last) if n):
         raise unsatisfiable
     if not first:  # the last N bytes
         if int(last) == 0 or info.size == 0:
@@ -288,7 +231,7 @@ def _describe(info: BlobInfo) -> dict[str, Any]:
 def _page_size(value: str | None) -> int:
     if value is None:
         return min(DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    if not _is_number(value) or not 1 <= int(value) <= MAX_PAGE_SIZE:
+    if not is_number(value) or not 1 <= int(value) <= MAX_PAGE_SIZE:
         raise BadRequest(400, f"limit must be a number from 1 to {MAX_PAGE_SIZE}, not {value!r}.")
     return int(value)
 

@@ -10,4 +10,5 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
     path("admin/", admin.site.urls),
     path("blobs/", include("blobstore.urls")),
+    path("", include("blobstore.contrib.proxystore.urls")),
 ]

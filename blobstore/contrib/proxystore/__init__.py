@@ -1,0 +1,50 @@
+"""ProxyStore's endpoint REST API over blobstore's storage.
+
+ProxyStore clients send no credentials, so these routes answer only the
+client addresses in ``BLOBSTORE_PROXYSTORE["ALLOWED_CLIENTS"]`` (IP addresses
+or networks; loopback by default). The endpoint's UUID is
+``BLOBSTORE_PROXYSTORE["UUID"]``, or one derived from ``SECRET_KEY`` so that it
+stays the same across restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import uuid
+from collections.abc import Sequence
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from blobstore.conf import conf
+
+DEFAULT_ALLOWED_CLIENTS = ("127.0.0.0/8", "::1")
+
+
+def endpoint_uuid() -> uuid.UUID:
+    """Return the UUID under which this site serves as a ProxyStore endpoint."""
+    configured = conf.BLOBSTORE_PROXYSTORE.get("UUID")
+    if configured is None:
+        seed = hashlib.sha256(f"blobstore.proxystore:{settings.SECRET_KEY}".encode()).digest()
+        return uuid.UUID(bytes=seed[:16], version=4)
+    try:
+        return uuid.UUID(str(configured))
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"BLOBSTORE_PROXYSTORE['UUID'] must be a UUID, not {configured!r}."
+        ) from None
+
+
+def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Return the networks whose clients may use the endpoint routes."""
+    clients: Sequence[str] = conf.BLOBSTORE_PROXYSTORE.get(
+        "ALLOWED_CLIENTS", DEFAULT_ALLOWED_CLIENTS
+    )
+    try:
+        return [ipaddress.ip_network(client, strict=False) for client in clients]
+    except (TypeError, ValueError) as invalid:
+        raise ImproperlyConfigured(
+            f"BLOBSTORE_PROXYSTORE['ALLOWED_CLIENTS'] must list IP addresses or networks, "
+            f"not {clients!r}: {invalid}"
+        ) from None

@@ -1,0 +1,70 @@
+"""What every blobstore HTTP view shares: JSON errors, request bodies, keys."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from django.http import HttpRequest, JsonResponse
+
+from blobstore.storage.base import validate_key
+
+READ_CHUNK_SIZE = 1024 * 1024
+
+
+class BadRequest(Exception):
+    """The client asked for something malformed or impossible; status is 4xx."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> JsonResponse:
+    """Return the JSON error response that every API view answers with."""
+    response = JsonResponse({"error": message}, status=status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="blobstore"'
+    return response
+
+
+async def read_body(request: HttpRequest, limit: int | None) -> bytearray:
+    """Return the request body, or refuse it with 413 as soon as it is over limit."""
+    length = request.headers.get("Content-Length")
+    if length is not None:
+        if not is_number(length):
+            raise BadRequest(400, f"Content-Length must be a number of bytes, not {length!r}.")
+        if limit is not None and int(length) > limit:
+            raise BadRequest(413, _too_large(limit))
+    body = bytearray()
+    async for chunk in _body_chunks(request):
+        body += chunk
+        if limit is not None and len(body) > limit:
+            raise BadRequest(413, _too_large(limit))
+    return body
+
+
+async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
+    while chunk := request.read(READ_CHUNK_SIZE):
+        yield chunk
+
+
+def _too_large(limit: int) -> str:
+    return f"The body is larger than the limit of {limit} bytes."
+
+
+def is_number(text: str) -> bool:
+    """Return whether text is a non-negative whole number in ASCII digits."""
+    # str.isdigit() alone would accept digits that int() refuses, such as '²'.
+    return text.isascii() and text.isdigit()
+
+
+def checked_key(key: str) -> str:
+    """Return key if it is valid, or raise BadRequest (400)."""
+    try:
+        return validate_key(key)
+    except ValueError as invalid:
+        raise BadRequest(400, str(invalid)) from invalid
