@@ -1,0 +1,421 @@
+"""The HTTP API through Django's AsyncClient: every route, status and header."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from io import StringIO
+from typing import Any
+from urllib.parse import quote
+
+from django.contrib.auth.models import Permission, User
+from django.core.management import CommandError, call_command
+from django.test import TestCase, override_settings
+from django.utils import timezone
+
+from blobstore.contrib.proxystore import endpoint_uuid
+from blobstore.models import APIToken
+from blobstore.storage import storages
+
+DICT_STORAGE = {"default": {"BACKEND": "blobstore.storage.DictStorage", "OPTIONS": {}}}
+SMALL_STORAGE = {
+    "default": {"BACKEND": "blobstore.storage.DictStorage", "OPTIONS": {"max_object_size": 10}}
+}
+OCTETS = "application/octet-stream"
+
+
+def make_user(username: str, *permissions: str, is_active: bool = True) -> User:
+    user = User.objects.create_user(username, password="pw", is_active=is_active)
+    user.user_permissions.set(Permission.objects.filter(codename__in=permissions))
+    return user
+
+
+def etag(data: bytes) -> str:
+    return f'"{hashlib.sha256(data).hexdigest()}"'
+
+
+class APITestCase(TestCase):
+    """Users with each permission, a token for each, and helpers to call the API."""
+
+    users: dict[str, User]
+    secrets: dict[str, str]
+    revoked_secret: str
+
+    @classmethod
+    def setUpTestData(cls) -> None:
+        users = {
+            "admin": User.objects.create_superuser("admin", password="pw"),
+            "viewer": make_user("viewer", "view_blob"),
+            "writer": make_user("writer", "view_blob", "add_blob", "change_blob"),
+            "deleter": make_user("deleter", "delete_blob"),
+            "inactive": make_user("inactive", "view_blob", is_active=False),
+            "nobody": make_user("nobody"),
+        }
+        cls.users = users
+        cls.secrets = {name: APIToken.objects.create_token(user)[1] for name, user in users.items()}
+        revoked, cls.revoked_secret = APIToken.objects.create_token(users["admin"], "old")
+        revoked.revoked = timezone.now()
+        revoked.save()
+
+    def auth(self, user: str = "admin") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.secrets[user]}"}
+
+    async def put(self, key: str, body: bytes, user: str = "admin", **headers: str) -> Any:
+        return await self.async_client.put(
+            f"/blobs/{key}", body, content_type=OCTETS, headers={**self.auth(user), **headers}
+        )
+
+    async def get(self, path: str, user: str | None = "admin", **headers: str) -> Any:
+        credentials = self.auth(user) if user else {}
+        return await self.async_client.get(path, headers={**credentials, **headers})
+
+    async def contents(self) -> dict[str, bytes | None]:
+        store = storages["default"]
+        infos = await store.list_blobs(limit=1000)  # type: ignore[attr-defined]
+        return {info.key: await store.get(info.key) for info in infos}
+
+
+class BlobRouteTests(APITestCase):
+    async def test_put_creates_then_replaces(self) -> None:
+        created = await self.put("doc.txt", b"hello")
+        self.assertEqual(created.status_code, 201)
+        self.assertEqual(created["ETag"], etag(b"hello"))
+        self.assertEqual(created.json()["size"], 5)
+        self.assertEqual(created.json()["sha256"], hashlib.sha256(b"hello").hexdigest())
+        replaced = await self.put("doc.txt", b"bye")
+        self.assertEqual(replaced.status_code, 200)
+        self.assertEqual(await self.contents(), {"doc.txt": b"bye"})
+
+    async def test_get_serves_bytes_that_cannot_run_as_a_page(self) -> None:
+        await self.put("dir/page.html", b"<script>alert(1)</script>")
+        response = await self.get("/blobs/dir/page.html")
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(response.content, b"<script>alert(1)</script>")
+        self.assertEqual(response["Content-Type"], OCTETS)
+        self.assertEqual(response["X-Content-Type-Options"], "nosniff")
+        self.assertEqual(response["Content-Disposition"], "attachment; filename*=UTF-8''page.html")
+        self.assertIn("sandbox", response["Content-Security-Policy"])
+        self.assertEqual(response["Content-Length"], "25")
+        self.assertEqual(response["ETag"], etag(b"<script>alert(1)</script>"))
+        self.assertEqual(response["Accept-Ranges"], "bytes")
+        self.assertIn("GMT", response["Last-Modified"])
+
+    async def test_keys_with_slashes_spaces_and_percent_round_trip(self) -> None:
+        keys = ["a/b/c", "with space", "100%", "a%2Fb", "trailing/"]
+        for key in keys:
+            self.assertEqual((await self.put(quote(key), key.encode())).status_code, 201)
+        for key in keys:
+            self.assertEqual((await self.get(f"/blobs/{quote(key)}")).content, key.encode())
+        self.assertEqual(await self.contents(), {key: key.encode() for key in keys})
+
+    async def test_empty_blob(self) -> None:
+        await self.put("empty", b"")
+        response = await self.get("/blobs/empty")
+        self.assertEqual((response.status_code, response.content), (200, b""))
+        self.assertEqual(response["Content-Length"], "0")
+
+    async def test_head_gives_headers_only(self) -> None:
+        await self.put("k", b"0123456789")
+        response = await self.async_client.head("/blobs/k", headers=self.auth())
+        self.assertEqual(response.status_code, 200)
+        self.assertEqual(response.content, b"")
+        self.assertEqual(response["Content-Length"], "10")
+        self.assertEqual(response["ETag"], etag(b"0123456789"))
+        absent = await self.async_client.head("/blobs/absent", headers=self.auth())
+        self.assertEqual(absent.status_code, 404)
+
+    async def test_missing_blob_is_a_json_404(self) -> None:
+        response = await self.get("/blobs/absent")
+        self.assertEqual(response.status_code, 404)
+        self.assertIn("absent", response.json()["error"])
+
+    async def test_if_none_match_gives_304(self) -> None:
+        await self.put("k", b"data")
+        response = await self.get("/blobs/k", **{"If-None-Match": etag(b"data")})
+        self.assertEqual(response.status_code, 304)
+        self.assertEqual(response["ETag"], etag(b"data"))
+        other = await self.get("/blobs/k", **{"If-None-Match": etag(b"other")})
+        self.assertEqual((other.status_code, other.content), (200, b"data"))
+
+    async def test_ranges(self) -> None:
+        await self.put("k", b"0123456789")
+        cases = {
+            "bytes=0-4": (b"01234", "bytes 0-4/10"),
+            "bytes=5-": (b"56789", "bytes 5-9/10"),
+            "bytes=-3": (b"789", "bytes 7-9/10"),
+            "bytes=8-100": (b"89", "bytes 8-9/10"),
+            "bytes=-50": (b"0123456789", "bytes 0-9/10"),
+        }
+        for header, (body, content_range) in cases.items():
+            with self.subTest(header):
+                response = await self.get("/blobs/k", Range=header)
+                self.assertEqual(response.status_code, 206)
+                self.assertEqual(response.content, body)
+                self.assertEqual(response["Content-Range"], content_range)
+                self.assertEqual(response["Content-Length"], str(len(body)))
+
+    async def test_ranges_the_server_may_ignore(self) -> None:
+        await self.put("k", b"0123456789")
+        for header in ("bytes=0-1,4-5", "items=0-1"):
+            with self.subTest(header):
+                response = await self.get("/blobs/k", Range=header)
+                self.assertEqual((response.status_code, response.content), (200, b"0123456789"))
+
+    async def test_unsatisfiable_range_is_416(self) -> None:
+        await self.put("k", b"0123456789")
+        response = await self.get("/blobs/k", Range="bytes=10-")
+        self.assertEqual(response.status_code, 416)
+        self.assertEqual(response["Content-Range"], "bytes */10")
+
+    async def test_create_only_put(self) -> None:
+        first = await self.put("k", b"one", **{"If-None-Match": "*"})
+        second = await self.put("k", b"two", **{"If-None-Match": "*"})
+        self.assertEqual((first.status_code, second.status_code), (201, 412))
+        self.assertEqual(await self.contents(), {"k": b"one"})
+
+    async def test_if_match_put(self) -> None:
+        await self.put("k", b"one")
+        stale = await self.put("k", b"two", **{"If-Match": etag(b"other")})
+        self.assertEqual(stale.status_code, 412)
+        fresh = await self.put("k", b"two", **{"If-Match": etag(b"one")})
+        self.assertEqual(fresh.status_code, 200)
+        anything = await self.put("k", b"three", **{"If-Match": "*"})
+        self.assertEqual(anything.status_code, 200)
+        self.assertEqual(await self.contents(), {"k": b"three"})
+
+    async def test_delete(self) -> None:
+        await self.put("k", b"x")
+        response = await self.async_client.delete("/blobs/k", headers=self.auth())
+        self.assertEqual(response.status_code, 204)
+        again = await self.async_client.delete("/blobs/k", headers=self.auth())
+        self.assertEqual(again.status_code, 204)
+        self.assertEqual(await self.contents(), {})
+
+    @override_settings(BLOBSTORE_STORAGES=SMALL_STORAGE)
+    async def test_body_over_the_limit_is_413_and_stores_nothing(self) -> None:
+        self.assertEqual((await self.put("fits", b"0123456789")).status_code, 201)
+        response = await self.put("big", b"0123456789A")
+        self.assertEqual(response.status_code, 413)
+        self.assertIn("10 bytes", response.json()["error"])
+        self.assertEqual(await self.contents(), {"fits": b"0123456789"})
+
+    @override_settings(BLOBSTORE_STORAGES=DICT_STORAGE)
+    async def test_any_configured_backend_serves_the_api(self) -> None:
+        await self.put("k", b"in a dict")
+        self.assertEqual((await self.get("/blobs/k")).content, b"in a dict")
+
+
+class ListRouteTests(APITestCase):
+    async def test_lists_in_key_order_with_metadata(self) -> None:
+        for key in ["b", "a/2", "a/1", "c"]:
+            await self.put(key, key.encode())
+        listing = (await self.get("/blobs/")).json()
+        self.assertEqual([blob["key"] for blob in listing["blobs"]], ["a/1", "a/2", "b", "c"])
+        first = listing["blobs"][0]
+        self.assertEqual((first["size"], first["sha256"]), (3, hashlib.sha256(b"a/1").hexdigest()))
+        self.assertIn("T", first["updated"])
+        self.assertIsNone(listing["cursor"])
+
+    async def test_prefix_and_pages(self) -> None:
+        keys = [f"p/{n:02}" for n in range(7)]
+        for key in [*keys, "other"]:
+            await self.put(key, b"x")
+        seen: list[str] = []
+        cursor = ""
+        while True:
+            page = (await self.get(f"/blobs/?prefix=p/&limit=3&cursor={cursor}")).json()
+            seen += [blob["key"] for blob in page["blobs"]]
+            if page["cursor"] is None:
+                break
+            cursor = page["cursor"]
+        self.assertEqual(seen, keys)
+
+
+class AccessTests(APITestCase):
+    async def test_anonymous_is_401_with_a_challenge(self) -> None:
+        response = await self.get("/blobs/", user=None)
+        self.assertEqual(response.status_code, 401)
+        self.assertEqual(response["WWW-Authenticate"], 'Bearer realm="blobstore"')
+
+    async def test_permissions_decide_each_method(self) -> None:
+        await self.put("k", b"x")
+        cases = [
+            ("viewer", "GET", 200),
+            ("viewer", "PUT", 403),
+            ("viewer", "DELETE", 403),
+            ("writer", "PUT", 200),
+            ("writer", "DELETE", 403),
+            ("deleter", "GET", 403),
+            ("deleter", "DELETE", 204),
+            ("nobody", "GET", 403),
+        ]
+        for user, method, status in cases:
+            with self.subTest(user=user, method=method):
+                response = await self.async_client.generic(
+                    method, "/blobs/k", b"y" if method == "PUT" else b"", headers=self.auth(user)
+                )
+                self.assertEqual(response.status_code, status)
+
+    async def test_session_user_needs_csrf_for_unsafe_methods(self) -> None:
+        client = self.async_client_class(enforce_csrf_checks=True)
+        await client.aforce_login(self.users["writer"])
+        refused = await client.put("/blobs/k", b"x", content_type=OCTETS)
+        self.assertEqual(refused.status_code, 403)
+        self.assertIn("CSRF", refused.json()["error"])
+        await client.get("/admin/login/")  # sets the CSRF cookie
+        token = client.cookies["csrftoken"].value
+        accepted = await client.put(
+            "/blobs/k", b"x", content_type=OCTETS, headers={"X-CSRFToken": token}
+        )
+        self.assertEqual(accepted.status_code, 201)
+        self.assertEqual((await client.get("/blobs/k")).content, b"x")
+
+    @override_settings(BLOBSTORE_ANONYMOUS_ACCESS="read")
+    async def test_anonymous_read_access(self) -> None:
+        await self.put("k", b"x")
+        self.assertEqual((await self.get("/blobs/k", user=None)).status_code, 200)
+        anonymous_put = await self.async_client.put("/blobs/k", b"y", content_type=OCTETS)
+        self.assertEqual(anonymous_put.status_code, 401)
+
+    @override_settings(BLOBSTORE_ANONYMOUS_ACCESS="write")
+    async def test_anonymous_write_access(self) -> None:
+        response = await self.async_client.put("/blobs/k", b"y", content_type=OCTETS)
+        self.assertEqual(response.status_code, 201)
+
+    async def test_token_secret_is_stored_only_as_a_digest(self) -> None:
+        secret = self.secrets["admin"]
+        stored = await APIToken.objects.filter(user__username="admin", revoked=None).afirst()
+        assert stored is not None
+        self.assertEqual(stored.digest, hashlib.sha256(secret.encode()).hexdigest())
+        self.assertTrue(secret.startswith("bs_"))
+        self.assertFalse(await APIToken.objects.filter(digest=secret).aexists())
+
+
+class ProxyStoreRouteTests(APITestCase):
+    async def call(self, method: str, route: str, body: bytes = b"", **params: str) -> Any:
+        query = "&".join(f"{name}={quote(value)}" for name, value in params.items())
+        return await self.async_client.generic(method, f"/{route}?{query}", body)
+
+    async def test_endpoint_names_its_uuid(self) -> None:
+        response = await self.call("GET", "endpoint")
+        self.assertEqual(response.json(), {"uuid": str(endpoint_uuid())})
+
+    async def test_set_exists_get_evict(self) -> None:
+        self.assertEqual((await self.call("POST", "set", b"payload", key="k")).status_code, 200)
+        self.assertEqual((await self.call("GET", "exists", key="k")).json(), {"exists": True})
+        got = await self.call("GET", "get", key="k", endpoint=str(endpoint_uuid()))
+        self.assertEqual((got.status_code, got.content), (200, b"payload"))
+        self.assertEqual((await self.call("POST", "evict", key="k")).status_code, 200)
+        self.assertEqual((await self.call("GET", "exists", key="k")).json(), {"exists": False})
+        self.assertEqual((await self.call("GET", "get", key="k")).status_code, 404)
+
+    @override_settings(BLOBSTORE_PROXYSTORE={"UUID": "5a0a4b5e-8d6a-4b8e-9d3c-2f1e0c9b8a70"})
+    async def test_configured_uuid(self) -> None:
+        response = await self.call("GET", "endpoint")
+        self.assertEqual(response.json(), {"uuid": "5a0a4b5e-8d6a-4b8e-9d3c-2f1e0c9b8a70"})
+
+    @override_settings(BLOBSTORE_PROXYSTORE={"ALLOWED_CLIENTS": ["10.0.0.0/8"]})
+    async def test_other_clients_are_refused(self) -> None:
+        response = await self.call("POST", "set", b"x", key="k")
+        self.assertEqual(response.status_code, 403)
+        self.assertEqual(await self.contents(), {})
+
+
+def _bad_requests() -> list[tuple[str, str, str, dict[str, str], bytes, int]]:
+    """(what, method, path, headers, body, status): malformed requests, with the user admin."""
+    too_long = "x" * 1025
+    not_utf8 = base64.urlsafe_b64encode(b"\xff\xfe").decode()
+    return [
+        ("too long key, PUT", "PUT", f"/blobs/{too_long}", {}, b"x", 400),
+        ("too long key, GET", "GET", f"/blobs/{too_long}", {}, b"", 400),
+        ("too long key, HEAD", "HEAD", f"/blobs/{too_long}", {}, b"", 400),
+        ("too long key, DELETE", "DELETE", f"/blobs/{too_long}", {}, b"", 400),
+        ("NUL in key, PUT", "PUT", "/blobs/a%00b", {}, b"x", 400),
+        ("NUL in key, GET", "GET", "/blobs/a%00b", {}, b"", 400),
+        ("NUL in key, DELETE", "DELETE", "/blobs/a%00b", {}, b"", 400),
+        ("POST a blob", "POST", "/blobs/k", {}, b"x", 405),
+        ("PATCH a blob", "PATCH", "/blobs/k", {}, b"x", 405),
+        ("PUT the list", "PUT", "/blobs/", {}, b"x", 405),
+        ("DELETE the list", "DELETE", "/blobs/", {}, b"", 405),
+        ("limit zero", "GET", "/blobs/?limit=0", {}, b"", 400),
+        ("limit text", "GET", "/blobs/?limit=ten", {}, b"", 400),
+        ("limit too big", "GET", "/blobs/?limit=1001", {}, b"", 400),
+        ("limit negative", "GET", "/blobs/?limit=-5", {}, b"", 400),
+        ("limit superscript", "GET", "/blobs/?limit=%C2%B2", {}, b"", 400),
+        ("cursor not base64", "GET", "/blobs/?cursor=%21%21%21", {}, b"", 400),
+        ("cursor not UTF-8", "GET", f"/blobs/?cursor={not_utf8}", {}, b"", 400),
+        ("range past the end", "GET", "/blobs/existing", {"Range": "bytes=100-200"}, b"", 416),
+        ("range backwards", "GET", "/blobs/existing", {"Range": "bytes=5-2"}, b"", 416),
+        ("range not numbers", "GET", "/blobs/existing", {"Range": "bytes=a-b"}, b"", 416),
+        ("range empty", "GET", "/blobs/existing", {"Range": "bytes=-"}, b"", 416),
+        ("range of no bytes", "GET", "/blobs/existing", {"Range": "bytes=-0"}, b"", 416),
+        ("GET If-Match stale", "GET", "/blobs/existing", {"If-Match": '"stale"'}, b"", 412),
+        ("PUT create-only", "PUT", "/blobs/existing", {"If-None-Match": "*"}, b"new", 412),
+        ("PUT If-Match stale", "PUT", "/blobs/existing", {"If-Match": '"stale"'}, b"new", 412),
+        ("PUT If-Match absent", "PUT", "/blobs/absent", {"If-Match": "*"}, b"new", 412),
+        ("PUT If-None-Match tag", "PUT", "/blobs/absent", {"If-None-Match": '"x"'}, b"new", 400),
+        ("Basic credentials", "GET", "/blobs/", {"Authorization": "Basic YTpi"}, b"", 401),
+        ("Bearer no token", "GET", "/blobs/", {"Authorization": "Bearer "}, b"", 401),
+        ("unknown token", "PUT", "/blobs/k", {"Authorization": "Bearer bs_nope"}, b"x", 401),
+        ("proxystore get no key", "GET", "/get", {}, b"", 400),
+        ("proxystore empty key", "GET", "/get?key=", {}, b"", 400),
+        ("proxystore set by GET", "GET", "/set?key=k", {}, b"", 405),
+        ("proxystore get by POST", "POST", "/get?key=k", {}, b"x", 405),
+        ("proxystore bad endpoint", "GET", "/exists?key=k&endpoint=nope", {}, b"", 400),
+        (
+            "proxystore other endpoint",
+            "POST",
+            "/set?key=k&endpoint=00000000-0000-4000-8000-000000000000",
+            {},
+            b"x",
+            400,
+        ),
+        ("proxystore too long key", "POST", f"/set?key={too_long}", {}, b"x", 400),
+    ]
+
+
+class BadRequestTests(APITestCase):
+    async def test_each_malformed_request_gets_its_4xx_and_changes_nothing(self) -> None:
+        await self.put("existing", b"0123456789")
+        before = await self.contents()
+        for what, method, path, headers, body, status in _bad_requests():
+            with self.subTest(what):
+                response = await self.async_client.generic(
+                    method, path, body, content_type=OCTETS, headers={**self.auth(), **headers}
+                )
+                self.assertEqual(response.status_code, status)
+                if method != "HEAD":
+                    self.assertIn("error", response.json())
+        self.assertEqual(await self.contents(), before)
+
+    async def test_there_are_at_least_thirty(self) -> None:
+        self.assertGreaterEqual(len(_bad_requests()), 30)
+
+    async def test_refused_credentials_change_nothing(self) -> None:
+        await self.put("existing", b"kept")
+        revoked = {"Authorization": f"Bearer {self.revoked_secret}"}
+        inactive = {"Authorization": f"Bearer {self.secrets['inactive']}"}
+        for headers, status in ((revoked, 401), (inactive, 401), ({}, 401)):
+            for method in ("PUT", "DELETE"):
+                with self.subTest(headers=headers, method=method):
+                    response = await self.async_client.generic(
+                        method, "/blobs/existing", b"new", content_type=OCTETS, headers=headers
+                    )
+                    self.assertEqual(response.status_code, status)
+        self.assertEqual(await self.contents(), {"existing": b"kept"})
+
+
+class TokenCommandTests(TestCase):
+    def test_token_command_prints_a_working_secret_once(self) -> None:
+        User.objects.create_user("robot")
+        out, err = StringIO(), StringIO()
+        call_command("blobstore", "token", "robot", "--name", "ci", stdout=out, stderr=err)
+        secret = out.getvalue().strip()
+        token = APIToken.objects.get(user__username="robot")
+        self.assertEqual(token.name, "ci")
+        self.assertEqual(token.digest, hashlib.sha256(secret.encode()).hexdigest())
+        self.assertIn("shown once", err.getvalue())
+
+    def test_token_command_names_a_missing_user(self) -> None:
+        with self.assertRaisesMessage(CommandError, "'ghost'"):
+            call_command("blobstore", "token", "ghost")
