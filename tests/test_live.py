@@ -1,0 +1,103 @@
+"""The API of the demo site under uvicorn, driven by httpx and by ProxyStore's own client."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import httpx
+from django.test import SimpleTestCase
+from proxystore.connectors.endpoint import EndpointConnector
+from proxystore.store import Store
+
+from tests.live import LiveSite
+
+
+class LiveAPITests(SimpleTestCase):
+    site: LiveSite
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.site = LiveSite()
+        cls.site.manage("migrate", "--verbosity=0")
+        cls.site.environment["DJANGO_SUPERUSER_PASSWORD"] = "pw"
+        cls.site.manage("createsuperuser", "--noinput", "--username=robot", "--email=r@x.org")
+        cls.secret = cls.site.manage("blobstore", "token", "robot").strip()
+        cls.site.start()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.site.stop()
+        super().tearDownClass()
+
+    def setUp(self) -> None:
+        self.http = httpx.Client(
+            base_url=f"{self.site.url}/blobs/",
+            headers={"Authorization": f"Bearer {self.secret}"},
+            timeout=60,
+        )
+        self.addCleanup(self.http.close)
+
+    def test_crud_with_unicode_keys(self) -> None:
+        for key in ["ключ/файл.txt", "😀 emoji", "a%b", "deep/er/path"]:
+            with self.subTest(key=key):
+                path = quote(key)
+                self.assertEqual(self.http.put(path, content=key.encode()).status_code, 201)
+                got = self.http.get(path)
+                self.assertEqual((got.status_code, got.content), (200, key.encode()))
+                listed = self.http.get("", params={"prefix": key}).json()["blobs"]
+                self.assertEqual([blob["key"] for blob in listed], [key])
+                head = self.http.head(path)
+                self.assertEqual(head.headers["content-length"], str(len(key.encode())))
+                self.assertEqual(self.http.delete(path).status_code, 204)
+                self.assertEqual(self.http.get(path).status_code, 404)
+
+    def test_chunked_upload_without_content_length(self) -> None:
+        pieces = [os.urandom(256 * 1024) for _ in range(12)]
+
+        def body() -> Iterator[bytes]:
+            yield from pieces
+
+        response = self.http.put("chunked", content=body())
+        self.assertEqual(response.status_code, 201, response.text)
+        data = b"".join(pieces)
+        got = self.http.get("chunked")
+        self.assertEqual(got.content, data)
+        self.assertEqual(got.headers["etag"], f'"{hashlib.sha256(data).hexdigest()}"')
+        ranged = self.http.get("chunked", headers={"Range": "bytes=1000-1999"})
+        self.assertEqual((ranged.status_code, ranged.content), (206, data[1000:2000]))
+
+    def test_anonymous_and_bad_token_are_refused(self) -> None:
+        anonymous = httpx.put(f"{self.site.url}/blobs/k", content=b"x")
+        self.assertEqual(anonymous.status_code, 401)
+        bad = httpx.get(f"{self.site.url}/blobs/", headers={"Authorization": "Bearer bs_x"})
+        self.assertEqual(bad.status_code, 401)
+
+    def test_proxystore_endpoint_connector_and_store(self) -> None:
+        home = self.site.directory / "proxystore"
+        self.site.manage(
+            "blobstore", "proxystore-config", "live", "--host", "127.0.0.1",
+            "--port", str(self.site.port), "--proxystore-home", str(home),
+        )  # fmt: skip
+        endpoint = httpx.get(f"{self.site.url}/endpoint").json()["uuid"]
+        connector = EndpointConnector([endpoint], proxystore_dir=str(home))
+        store = Store(f"live-{uuid.uuid4()}", connector, register=False)
+        try:
+            large = os.urandom(5 * 1024 * 1024)  # sent chunked, with no Content-Length
+            for value in ({"a": 1}, "text", large):
+                key = store.put(value)
+                self.assertTrue(store.exists(key))
+                self.assertEqual(store.get(key), value)
+                store.evict(key)
+                self.assertFalse(store.exists(key))
+                self.assertIsNone(store.get(key))
+            raw_key = connector.put(b"raw")
+            self.assertEqual(connector.get(raw_key), b"raw")
+            absent = type(raw_key)(object_id="absent", endpoint_id=raw_key.endpoint_id)
+            self.assertIsNone(connector.get(absent))
+        finally:
+            store.close()
