@@ -18,6 +18,7 @@ from tests.live import LiveSite
 
 class LiveAPITests(SimpleTestCase):
     site: LiveSite
+    secret: str
 
     @classmethod
     def setUpClass(cls) -> None:
