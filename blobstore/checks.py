@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.checks import CheckMessage, Error, register
+from django.core.exceptions import ImproperlyConfigured
 
+from blobstore.conf import ANONYMOUS_ACCESS_CHOICES, conf
 from blobstore.exceptions import InvalidStorageError
 from blobstore.storage.handler import StorageHandler
 
@@ -30,3 +32,37 @@ def check_storages(**kwargs: Any) -> list[CheckMessage]:
 
 def _as_error(error: InvalidStorageError) -> Error:
     return Error(str(error), id=error.check_id)
+
+
+@register()
+def check_access(**kwargs: Any) -> list[CheckMessage]:
+    """Report a BLOBSTORE_ANONYMOUS_ACCESS that is not one of its choices."""
+    access = conf.BLOBSTORE_ANONYMOUS_ACCESS
+    if access in ANONYMOUS_ACCESS_CHOICES:
+        return []
+    return [
+        Error(
+            f"BLOBSTORE_ANONYMOUS_ACCESS must be one of {ANONYMOUS_ACCESS_CHOICES!r}, "
+            f"not {access!r}.",
+            id="blobstore.E007",
+        )
+    ]
+
+
+@register()
+def check_proxystore(**kwargs: Any) -> list[CheckMessage]:
+    """Report a BLOBSTORE_PROXYSTORE that is not a dict, or holds a bad UUID or client."""
+    from blobstore.contrib.proxystore import allowed_networks, endpoint_uuid
+
+    setting = conf.BLOBSTORE_PROXYSTORE
+    if not isinstance(setting, dict):
+        return [
+            Error(f"BLOBSTORE_PROXYSTORE must be a dict, not {setting!r}.", id="blobstore.E008")
+        ]
+    errors: list[CheckMessage] = []
+    for read in (endpoint_uuid, allowed_networks):
+        try:
+            read()
+        except ImproperlyConfigured as error:
+            errors.append(Error(str(error), id="blobstore.E008"))
+    return errors

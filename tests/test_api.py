@@ -419,3 +419,31 @@ class TokenCommandTests(TestCase):
     def test_token_command_names_a_missing_user(self) -> None:
         with self.assertRaisesMessage(CommandError, "'ghost'"):
             call_command("blobstore", "token", "ghost")
+
+
+class TokenAdminTests(TestCase):
+    def setUp(self) -> None:
+        self.admin = User.objects.create_superuser("admin", password="pw")
+        self.client.force_login(self.admin)
+
+    def test_adding_a_token_shows_its_secret_once(self) -> None:
+        response = self.client.post(
+            "/admin/blobstore/apitoken/add/",
+            {"user": self.admin.pk, "name": "laptop"},
+            follow=True,
+        )
+        (message,) = [str(m) for m in response.context["messages"] if "secret" in str(m)]
+        secret = message.rsplit(" ", 1)[1]
+        token = APIToken.objects.get(name="laptop")
+        self.assertEqual(token.digest, hashlib.sha256(secret.encode()).hexdigest())
+        listing = self.client.get("/admin/blobstore/apitoken/")
+        self.assertNotContains(listing, secret)
+
+    def test_revoke_action(self) -> None:
+        token, _ = APIToken.objects.create_token(self.admin, "old")
+        self.client.post(
+            "/admin/blobstore/apitoken/",
+            {"action": "revoke", "_selected_action": [token.pk]},
+        )
+        token.refresh_from_db()
+        self.assertIsNotNone(token.revoked)

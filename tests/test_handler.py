@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import SimpleTestCase, override_settings
 
-from blobstore.checks import check_storages
+from blobstore.checks import check_access, check_proxystore, check_storages
 from blobstore.exceptions import InvalidStorageError
 from blobstore.storage import DictStorage, ORMStorage, SQLiteStorage, StorageHandler, storages
 
@@ -137,3 +137,31 @@ class SystemCheckTests(SimpleTestCase):
             self.assertRaisesMessage(SystemCheckError, "blobstore.E004"),
         ):
             call_command("check", verbosity=0)
+
+
+class SettingsCheckTests(SimpleTestCase):
+    def test_anonymous_access_choices(self) -> None:
+        for value in (None, "read", "write"):
+            with self.subTest(value=value), override_settings(BLOBSTORE_ANONYMOUS_ACCESS=value):
+                self.assertEqual(check_access(), [])
+        for wrong in ("READ", True, "all"):
+            with self.subTest(wrong=wrong), override_settings(BLOBSTORE_ANONYMOUS_ACCESS=wrong):
+                (error,) = check_access()
+                self.assertEqual(error.id, "blobstore.E007")
+                self.assertIn(repr(wrong), error.msg)
+
+    def test_proxystore_setting(self) -> None:
+        good = {"UUID": "5a0a4b5e-8d6a-4b8e-9d3c-2f1e0c9b8a70", "ALLOWED_CLIENTS": ["10.0.0.0/8"]}
+        with override_settings(BLOBSTORE_PROXYSTORE=good):
+            self.assertEqual(check_proxystore(), [])
+        cases = [
+            (["UUID"], "['UUID']"),
+            ({"UUID": "not-a-uuid"}, "'not-a-uuid'"),
+            ({"ALLOWED_CLIENTS": "127.0.0.1"}, "'127.0.0.1'"),
+            ({"ALLOWED_CLIENTS": ["localhost"]}, "['localhost']"),
+        ]
+        for setting, fragment in cases:
+            with self.subTest(setting=setting), override_settings(BLOBSTORE_PROXYSTORE=setting):
+                (error,) = check_proxystore()
+                self.assertEqual(error.id, "blobstore.E008")
+                self.assertIn(fragment, error.msg)

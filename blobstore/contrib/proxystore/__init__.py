@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import uuid
 from collections.abc import Sequence
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -24,7 +25,7 @@ DEFAULT_ALLOWED_CLIENTS = ("127.0.0.0/8", "::1")
 
 def endpoint_uuid() -> uuid.UUID:
     """Return the UUID under which this site serves as a ProxyStore endpoint."""
-    configured = conf.BLOBSTORE_PROXYSTORE.get("UUID")
+    configured = _setting().get("UUID")
     if configured is None:
         seed = hashlib.sha256(f"blobstore.proxystore:{settings.SECRET_KEY}".encode()).digest()
         return uuid.UUID(bytes=seed[:16], version=4)
@@ -38,13 +39,20 @@ def endpoint_uuid() -> uuid.UUID:
 
 def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """Return the networks whose clients may use the endpoint routes."""
-    clients: Sequence[str] = conf.BLOBSTORE_PROXYSTORE.get(
-        "ALLOWED_CLIENTS", DEFAULT_ALLOWED_CLIENTS
-    )
+    clients: Sequence[str] = _setting().get("ALLOWED_CLIENTS", DEFAULT_ALLOWED_CLIENTS)
     try:
+        if isinstance(clients, str):
+            raise TypeError("a list is wanted, not one string")
         return [ipaddress.ip_network(client, strict=False) for client in clients]
     except (TypeError, ValueError) as invalid:
         raise ImproperlyConfigured(
             f"BLOBSTORE_PROXYSTORE['ALLOWED_CLIENTS'] must list IP addresses or networks, "
             f"not {clients!r}: {invalid}"
         ) from None
+
+
+def _setting() -> dict[str, Any]:
+    setting = conf.BLOBSTORE_PROXYSTORE
+    if not isinstance(setting, dict):
+        raise ImproperlyConfigured(f"BLOBSTORE_PROXYSTORE must be a dict, not {setting!r}.")
+    return setting
