@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 
 from django.http import HttpRequest, JsonResponse
 
+from blobstore.asgi import RECEIVE_KEY
 from blobstore.storage.base import validate_key
 
 READ_CHUNK_SIZE = 1024 * 1024
@@ -31,7 +33,7 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return response
 
 
-async def read_body(request: HttpRequest, limit: int | None) -> bytearray:
+async def read_body(request: HttpRequest, limit: int | None) -> bytes:
     """Return the request body, or refuse it with 413 as soon as it is over limit."""
     length = request.headers.get("Content-Length")
     if length is not None:
@@ -39,17 +41,28 @@ async def read_body(request: HttpRequest, limit: int | None) -> bytearray:
             raise BadRequest(400, f"Content-Length must be a number of bytes, not {length!r}.")
         if limit is not None and int(length) > limit:
             raise BadRequest(413, _too_large(limit))
-    body = bytearray()
+    # BytesIO grows in place and hands its buffer over without a copy.
+    body = io.BytesIO()
     async for chunk in _body_chunks(request):
-        body += chunk
-        if limit is not None and len(body) > limit:
+        body.write(chunk)
+        if limit is not None and body.tell() > limit:
             raise BadRequest(413, _too_large(limit))
-    return body
+    return body.getvalue()
 
 
 async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
-    while chunk := request.read(READ_CHUNK_SIZE):
-        yield chunk
+    receive = getattr(request, "scope", {}).get(RECEIVE_KEY)
+    if receive is None:  # Django's own handler has read the body already
+        while chunk := request.read(READ_CHUNK_SIZE):
+            yield chunk
+        return
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BadRequest(400, "The client went away before the body was complete.")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
 
 
 def _too_large(limit: int) -> str:

@@ -43,6 +43,7 @@ def storage() -> BlobStorage:
 class APIView(View):
     """Authorize each request and turn refusals into JSON errors."""
 
+    blobstore_api = True  # served without middleware by blobstore.asgi
     http_method_names = ["get", "head", "put", "delete", "options"]
 
     async def dispatch(  # type: ignore[override]  # an async view's dispatch is a coroutine
@@ -137,7 +138,7 @@ class BlobView(APIView):
         return HttpResponse(status=204)
 
 
-async def _write(request: HttpRequest, store: BlobStorage, key: str, body: bytearray) -> bool:
+async def _write(request: HttpRequest, store: BlobStorage, key: str, body: bytes) -> bool:
     """Store body under key as the request's preconditions allow; return whether it was new."""
     if_none_match = request.headers.get("If-None-Match")
     if_match = request.headers.get("If-Match")

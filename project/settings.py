@@ -70,9 +70,13 @@ SQLITE_OPTIONS = {
     "timeout": 30,
 }
 
+# Persistent connections, checked before reuse: the API's ORM work shares one
+# thread, and opening a connection per request would cost more than the query.
 DATABASES = {
     "default": dj_database_url.config(
-        default=f"sqlite:///{VAR_DIR / 'blobstore.sqlite3'}", conn_max_age=0
+        default=f"sqlite:///{VAR_DIR / 'blobstore.sqlite3'}",
+        conn_max_age=600,
+        conn_health_checks=True,
     ),
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

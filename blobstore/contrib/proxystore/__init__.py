@@ -9,6 +9,7 @@ stays the same across restarts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import uuid
@@ -43,12 +44,18 @@ def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     try:
         if isinstance(clients, str):
             raise TypeError("a list is wanted, not one string")
-        return [ipaddress.ip_network(client, strict=False) for client in clients]
+        return _networks(tuple(clients))
     except (TypeError, ValueError) as invalid:
         raise ImproperlyConfigured(
             f"BLOBSTORE_PROXYSTORE['ALLOWED_CLIENTS'] must list IP addresses or networks, "
             f"not {clients!r}: {invalid}"
         ) from None
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(clients: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    # Parsed once per value of the setting, not on every request.
+    return [ipaddress.ip_network(client, strict=False) for client in clients]
 
 
 def _setting() -> dict[str, Any]:

@@ -35,6 +35,7 @@ def endpoint_route(method: str) -> Callable[[View], View]:
             except BadRequest as bad:
                 return error(bad.status, bad.message, bad.headers)
 
+        route.blobstore_api = True  # type: ignore[attr-defined]  # no middleware: blobstore.asgi
         return route
 
     return decorate
