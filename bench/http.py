@@ -99,6 +99,13 @@ class Server:
                 BIN / "proxystore-endpoint", "configure", self.label, "--host", "127.0.0.1",
                 "--port", str(self.port), "--no-relay-server", *persist,
             )  # fmt: skip
+            # Its default limit, 10**8 bytes, is less than the 100 MiB blob.
+            config = self.home / self.label / "config.toml"
+            config.write_text(
+                config.read_text().replace(
+                    "max_object_size = 100000000", "max_object_size = 1073741824"
+                )
+            )
             command = [BIN / "proxystore-endpoint", "start", self.label, "--no-detach"]
         else:
             manage = [sys.executable, "manage.py"]
