@@ -31,6 +31,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import uuid  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 
@@ -71,6 +72,9 @@ class Server:
             "DJANGO_SETTINGS_MODULE": "bench.settings",
             "BLOBSTORE_BENCH_BACKEND": self.backend,
             "DJANGO_SUPERUSER_PASSWORD": "bench",
+            "BLOBSTORE_BENCH_UUID": str(
+                uuid.UUID(bytes=uuid.uuid5(uuid.NAMESPACE_URL, self.label).bytes, version=4)
+            ),
         }
 
     def run(self, *command: str | Path) -> str:
@@ -269,6 +273,8 @@ def main() -> None:
                 server.label: EndpointConnector([server.uuid], proxystore_dir=home)
                 for server in servers
             }
+            for server in servers:  # each client talks to its own server, not a namesake
+                assert connectors[server.label].address == server.url, server.label
             blob = os.urandom(blob_mib * MIB)
             for number in range(rounds):
                 turn = servers[number % len(servers) :] + servers[: number % len(servers)]

@@ -22,3 +22,6 @@ _storage = _BACKENDS[os.environ.get("BLOBSTORE_BENCH_BACKEND", "orm")]
 BLOBSTORE_STORAGES = {
     "default": {**_storage, "OPTIONS": {**_storage.get("OPTIONS", {}), "max_object_size": None}}
 }
+
+# Each benchmark server is an endpoint of its own, whatever their SECRET_KEY.
+BLOBSTORE_PROXYSTORE = {"UUID": os.environ.get("BLOBSTORE_BENCH_UUID")}

@@ -107,6 +107,9 @@ class APIHandler:
 
     @staticmethod
     async def send_response(response: HttpResponseBase, send: Send, *, head: bool) -> None:
+        if not response.streaming and not response.has_header("Content-Length"):
+            # What CommonMiddleware would add; without it the body goes out chunked.
+            response["Content-Length"] = str(len(response.content))  # type: ignore[attr-defined]
         headers = [
             (name.encode("latin-1"), str(value).encode("latin-1"))
             for name, value in response.items()

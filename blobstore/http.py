@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import AsyncIterator
+from urllib.parse import unquote_to_bytes
 
 from django.http import HttpRequest, JsonResponse
 
@@ -81,3 +82,19 @@ def checked_key(key: str) -> str:
         return validate_key(key)
     except ValueError as invalid:
         raise BadRequest(400, str(invalid)) from invalid
+
+
+def require_utf8(request: HttpRequest) -> None:
+    """Raise BadRequest (400) unless the percent-encoded path and query are UTF-8.
+
+    ASGI servers replace bytes that are not UTF-8 with U+FFFD, which would
+    turn different keys into one.
+    """
+    scope = getattr(request, "scope", {})
+    for part in (scope.get("raw_path") or b"", scope.get("query_string") or b""):
+        if isinstance(part, str):  # Django's test client gives a str
+            part = part.encode("latin-1")
+        try:
+            unquote_to_bytes(part).decode()
+        except UnicodeDecodeError:
+            raise BadRequest(400, "The URL's percent-encoded bytes are not UTF-8.") from None

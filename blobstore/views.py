@@ -20,7 +20,7 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from blobstore.auth import AccessDenied, authorize
-from blobstore.http import BadRequest, checked_key, error, is_number, read_body
+from blobstore.http import BadRequest, checked_key, error, is_number, read_body, require_utf8
 from blobstore.storage import BlobInfo, BlobStorage, storages
 from blobstore.storage.base import DEFAULT_PAGE_SIZE
 
@@ -55,6 +55,7 @@ class APIView(View):
         if handler is None:
             return self.http_method_not_allowed(request)
         try:
+            require_utf8(request)
             if method != "OPTIONS":
                 await authorize(request, method)
             response: HttpResponse = await handler(request, *args, **kwargs)

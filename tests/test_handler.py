@@ -157,6 +157,7 @@ class SettingsCheckTests(SimpleTestCase):
         cases = [
             (["UUID"], "['UUID']"),
             ({"UUID": "not-a-uuid"}, "'not-a-uuid'"),
+            ({"UUID": "886313e1-3b8a-5372-9b90-0c9aee199e5d"}, "version 4"),
             ({"ALLOWED_CLIENTS": "127.0.0.1"}, "'127.0.0.1'"),
             ({"ALLOWED_CLIENTS": ["localhost"]}, "['localhost']"),
         ]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -71,6 +73,48 @@ class LiveAPITests(SimpleTestCase):
         self.assertEqual(got.headers["etag"], f'"{hashlib.sha256(data).hexdigest()}"')
         ranged = self.http.get("chunked", headers={"Range": "bytes=1000-1999"})
         self.assertEqual((ranged.status_code, ranged.content), (206, data[1000:2000]))
+
+    def test_body_declared_too_large_is_refused_before_it_is_sent(self) -> None:
+        request = (
+            "PUT /blobs/huge HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {self.secret}\r\nContent-Length: {10**12}\r\n\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", self.site.port), timeout=10) as connection:
+            connection.sendall(request.encode())  # and not one byte of the body
+            answer = b""
+            while not answer.endswith(b"}"):
+                answer += connection.recv(65536)
+        head, _, body = answer.decode().partition("\r\n\r\n")
+        self.assertTrue(head.startswith("HTTP/1.1 413"), head)
+        self.assertIn(f"content-length: {len(body)}", head.lower())
+        self.assertIn("limit", json.loads(body)["error"])
+        self.assertEqual(self.http.get("huge").status_code, 404)
+
+    def test_chunked_body_over_the_limit_is_refused_and_stores_nothing(self) -> None:
+        self.http.put("kept", content=b"old")
+        piece = b"x" * (1024 * 1024)
+
+        def body() -> Iterator[bytes]:
+            for _ in range(101):  # 101 MiB against the 100 MiB limit
+                yield piece
+
+        try:
+            response = self.http.put("kept", content=body())
+            self.assertEqual(response.status_code, 413)
+        except httpx.TransportError:
+            pass  # the server may answer and close before the client has sent it all
+        self.assertEqual(self.http.get("kept").content, b"old")
+
+    def test_key_that_is_not_utf8_is_400(self) -> None:
+        for response in (
+            self.http.put("%FF%FE", content=b"x"),
+            self.http.get("%FF%FE"),
+            httpx.get(f"{self.site.url}/exists?key=%FF"),
+        ):
+            self.assertEqual(response.status_code, 400)
+            self.assertIn("UTF-8", response.json()["error"])
+        keys = [blob["key"] for blob in self.http.get("").json()["blobs"]]
+        self.assertFalse([key for key in keys if "\ufffd" in key])
 
     def test_anonymous_and_bad_token_are_refused(self) -> None:
         anonymous = httpx.put(f"{self.site.url}/blobs/k", content=b"x")

@@ -31,11 +31,15 @@ def endpoint_uuid() -> uuid.UUID:
         seed = hashlib.sha256(f"blobstore.proxystore:{settings.SECRET_KEY}".encode()).digest()
         return uuid.UUID(bytes=seed[:16], version=4)
     try:
-        return uuid.UUID(str(configured))
+        named = uuid.UUID(str(configured))
     except ValueError:
+        named = None
+    # ProxyStore reads every endpoint UUID as version 4, rewriting any other.
+    if named is None or named.version != 4:
         raise ImproperlyConfigured(
-            f"BLOBSTORE_PROXYSTORE['UUID'] must be a UUID, not {configured!r}."
-        ) from None
+            f"BLOBSTORE_PROXYSTORE['UUID'] must be a version 4 UUID, not {configured!r}."
+        )
+    return named
 
 
 def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -12,7 +12,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from blobstore.contrib.proxystore import allowed_networks, endpoint_uuid
-from blobstore.http import BadRequest, checked_key, error, read_body
+from blobstore.http import BadRequest, checked_key, error, read_body, require_utf8
 from blobstore.storage import BlobStorage, storages
 
 View = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]]
@@ -30,6 +30,7 @@ def endpoint_route(method: str) -> Callable[[View], View]:
             if not _client_allowed(request.META.get("REMOTE_ADDR", "")):
                 return error(403, "This client may not use the ProxyStore endpoint routes.")
             try:
+                require_utf8(request)
                 _check_endpoint(request.GET.get("endpoint"))
                 return await view(request)
             except BadRequest as bad:
