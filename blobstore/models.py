@@ -7,8 +7,9 @@ import secrets
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from blobstore.storage.base import MAX_KEY_LENGTH
@@ -31,15 +32,40 @@ class KeyField(models.CharField):  # type: ignore[type-arg]
         return params
 
 
+class BlobQuerySet(models.QuerySet["Blob"]):
+    def delete(self) -> tuple[int, dict[str, int]]:
+        """Delete the blobs and their chunks, in one transaction and one statement each."""
+        with transaction.atomic(using=self.db):
+            versions = self.exclude(version=None).values("version")
+            BlobChunk.objects.using(self.db).filter(version__in=versions).delete()
+            return super().delete()
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+
 class Blob(models.Model):
-    """A binary blob stored under a unique key."""
+    """A binary blob stored under a unique key.
+
+    ``data`` holds the first chunk; a blob larger than one chunk keeps the
+    rest in :class:`BlobChunk` rows of its ``version``.
+    """
 
     key = KeyField(_("key"), max_length=MAX_KEY_LENGTH, unique=True)
-    data = models.BinaryField(_("data"))
+    data = models.BinaryField(_("first chunk"))
     size = models.BigIntegerField(_("size"), help_text=_("In bytes."))
     sha256 = models.CharField(_("SHA-256"), max_length=64, help_text=_("Hex digest of the data."))
     created = models.DateTimeField(_("created"))
     updated = models.DateTimeField(_("updated"), db_index=True)
+    version = models.UUIDField(
+        _("version"),
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=_("Names the chunk rows after the first chunk; empty when there are none."),
+    )
+
+    objects = BlobQuerySet.as_manager()
 
     class Meta:
         verbose_name = _("blob")
@@ -48,6 +74,40 @@ class Blob(models.Model):
 
     def __str__(self) -> str:
         return str(self.key)
+
+    def delete(
+        self, using: str | None = None, keep_parents: bool = False
+    ) -> tuple[int, dict[str, int]]:
+        """Delete the blob and its chunks."""
+        return (
+            type(self)._default_manager.using(using or self._state.db).filter(pk=self.pk).delete()
+        )
+
+
+class BlobChunk(models.Model):
+    """The bytes of one version of a blob after its first chunk, one chunk a row.
+
+    Chunks are written before their blob row names their version, so a
+    reader of a version never sees it half written; and a version is
+    deleted in the transaction that replaces or deletes its blob.
+    """
+
+    version = models.UUIDField(_("version"))
+    index = models.PositiveIntegerField(
+        _("index"), help_text=_("1 for the second chunk, and so on.")
+    )
+    data = models.BinaryField(_("data"))
+    created = models.DateTimeField(_("created"), default=timezone.now)
+
+    class Meta:
+        verbose_name = _("blob chunk")
+        verbose_name_plural = _("blob chunks")
+        constraints = [
+            models.UniqueConstraint(fields=["version", "index"], name="blobstore_chunk_order")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version} #{self.index}"
 
 
 def _digest(token: str) -> str:

@@ -8,9 +8,11 @@ from blobstore.storage.base import (
     BaseStorage,
     BlobInfo,
     BlobStorage,
+    BlobStream,
     BytesLike,
     ListingStorage,
     Storage,
+    StreamingStorage,
 )
 from blobstore.storage.handler import StorageHandler, storages
 from blobstore.storage.memory import DictStorage
@@ -23,6 +25,7 @@ __all__ = [
     "BaseStorage",
     "BlobInfo",
     "BlobStorage",
+    "BlobStream",
     "BytesLike",
     "DictStorage",
     "ListingStorage",
@@ -30,5 +33,6 @@ __all__ = [
     "SQLiteStorage",
     "Storage",
     "StorageHandler",
+    "StreamingStorage",
     "storages",
 ]

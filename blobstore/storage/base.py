@@ -42,12 +42,27 @@ Metadata and conditional writes
     and :meth:`~BlobStorage.fetch` (the blob and its record, read together),
     and two writes that check a condition atomically with the write:
     :meth:`~BlobStorage.create` and :meth:`~BlobStorage.replace`.
+
+Streaming
+    :class:`StreamingStorage` reads and writes blobs in bounded chunks, so that
+    a blob never has to sit whole in memory. :meth:`~StreamingStorage.stream`
+    opens one version of a blob (or a byte range of it) as a
+    :class:`BlobStream`; a reader sees that version whole even while another
+    writer replaces or evicts the key. :meth:`~StreamingStorage.write` stores
+    a blob from an async iterable of chunks: the new version becomes visible
+    at once and whole when the last chunk is in, and an upload that fails,
+    is cancelled or goes over ``max_object_size`` leaves the previous version
+    as it was. The whole-bytes methods above keep ProxyStore's protocol
+    exactly; the streaming ones sit beside them.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
+import io
 import sys
+from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -62,6 +77,9 @@ DEFAULT_MAX_OBJECT_SIZE = 100 * 1024 * 1024
 
 DEFAULT_PAGE_SIZE = 1000
 """How many records :meth:`ListingStorage.list_blobs` returns unless told otherwise."""
+
+STREAM_CHUNK_SIZE = 1024 * 1024
+"""The size of the chunks that :class:`BlobStream` yields, in bytes, but for the last."""
 
 BytesLike = bytes | bytearray | memoryview
 """What ``set`` accepts: ``bytes`` and any flat view of bytes."""
@@ -141,6 +159,156 @@ class BlobStorage(ListingStorage, Protocol):
         ...
 
 
+class BlobStream:
+    """One version of a blob, or the byte range ``[start, stop)`` of it, read in chunks.
+
+    Iterate it with ``async for``; close it (``async with`` does) when done, to
+    release what the storage holds open for it.
+    """
+
+    def __init__(self, info: BlobInfo, start: int, stop: int, chunks: AsyncIterator[bytes]) -> None:
+        self.info = info
+        self.start = start
+        self.stop = stop
+        self._chunks = chunks
+
+    @property
+    def length(self) -> int:
+        """Return how many bytes the stream yields."""
+        return self.stop - self.start
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks
+
+    async def read(self) -> bytes:
+        """Return the rest of the stream as one bytes object."""
+        buffer = io.BytesIO()
+        async for chunk in self._chunks:
+            buffer.write(chunk)
+        return buffer.getvalue()
+
+    async def aclose(self) -> None:
+        """Stop reading and release what the storage holds for the stream."""
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+@runtime_checkable
+class StreamingStorage(BlobStorage, Protocol):
+    """A storage that also reads and writes blobs in chunks, with bounded memory."""
+
+    async def stream(
+        self, key: str, *, start: int = 0, stop: int | None = None
+    ) -> BlobStream | None:
+        """Open the bytes ``[start, stop)`` of the blob under key as a stream, or return None."""
+        ...
+
+    async def write(
+        self,
+        key: str,
+        chunks: AsyncIterable[BytesLike],
+        *,
+        if_absent: bool = False,
+        if_sha256: str | None = None,
+    ) -> BlobInfo | None:
+        """Store the concatenated chunks under key; return the new record.
+
+        With ``if_absent`` the blob is stored only if the key is free, with
+        ``if_sha256`` only if the current blob has that digest; either way
+        the check and the write are atomic, and None means the check failed.
+        """
+        ...
+
+
+def validate_range(size: int, start: object, stop: object) -> tuple[int, int]:
+    """Return start and stop clamped to a blob of size bytes, or raise TypeError or ValueError."""
+    for name, value in (("start", start), ("stop", stop)):
+        if value is None and name == "stop":
+            continue
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}.")
+        if value < 0:
+            raise ValueError(f"{name} must not be negative, not {value}.")
+    if stop is not None and stop < start:  # type: ignore[operator]
+        raise ValueError(f"stop ({stop}) must not be less than start ({start}).")
+    first = min(start, size)  # type: ignore[call-overload]
+    last = size if stop is None else min(stop, size)  # type: ignore[call-overload]
+    return first, last
+
+
+class Upload:
+    """The chunks of a blob being written, checked, counted and hashed as they pass.
+
+    Iterating :meth:`pieces` yields the blob cut into pieces of ``piece_size``
+    bytes (the last may be shorter, and there is at least one), and raises
+    ``TypeError`` for a chunk that is not bytes-like or
+    :class:`~blobstore.exceptions.ObjectSizeExceededError` as soon as the
+    total is over ``max_object_size``.
+    """
+
+    def __init__(
+        self, chunks: AsyncIterable[BytesLike], piece_size: int, max_object_size: int | None
+    ) -> None:
+        if not isinstance(chunks, AsyncIterable):
+            raise TypeError(f"chunks must be an async iterable, not {type(chunks).__name__}.")
+        self.chunks = chunks
+        self.piece_size = piece_size
+        self.max_object_size = max_object_size
+        self.size = 0
+        self._digest = hashlib.sha256()
+
+    @property
+    def sha256(self) -> str:
+        """Return the hex SHA-256 of the bytes read so far."""
+        return self._digest.hexdigest()
+
+    async def pieces(self) -> AsyncIterator[bytes | memoryview]:
+        """Yield the blob in pieces of piece_size bytes."""
+        pending = bytearray()
+        async for chunk in self.chunks:
+            data = memoryview(self._count(chunk))
+            if pending:  # fill the pending piece first
+                taken = self.piece_size - len(pending)
+                pending += data[:taken]
+                data = data[taken:]
+                if len(pending) < self.piece_size:
+                    continue
+                yield bytes(pending)
+                pending.clear()
+            # Whole pieces of a large chunk go out as views, without a copy.
+            while len(data) >= self.piece_size:
+                yield data[: self.piece_size]
+                data = data[self.piece_size :]
+            pending += data
+        if pending or self.size == 0:
+            yield bytes(pending)
+
+    def _count(self, chunk: object) -> bytes | memoryview:
+        data = validate_blob(chunk)
+        self.size += len(data)
+        if self.max_object_size is not None and self.size > self.max_object_size:
+            raise ObjectSizeExceededError(self.size, self.max_object_size)
+        self._digest.update(data)
+        return data
+
+
+async def once(blob: bytes | memoryview) -> AsyncIterator[bytes | memoryview]:
+    """Yield blob as the only chunk."""
+    yield blob
+
+
 def validate_key(key: object) -> str:
     """Return key if it is a valid key, or raise TypeError or ValueError."""
     if not isinstance(key, str):
@@ -160,19 +328,19 @@ def validate_item(key: object, blob: object, max_object_size: int | None) -> byt
     as a view of its bytes, so that a backend copies it at most once.
     """
     validate_key(key)
-    if type(blob) is bytes:
-        data: bytes | memoryview = blob
-        size = len(blob)
-    elif isinstance(blob, bytes | bytearray | memoryview):
-        data = _flat_view(blob)
-        size = data.nbytes
-    else:
-        raise TypeError(
-            f"A blob must be bytes, bytearray or memoryview, not {type(blob).__name__}."
-        )
-    if max_object_size is not None and size > max_object_size:
-        raise ObjectSizeExceededError(size, max_object_size)
+    data = validate_blob(blob)
+    if max_object_size is not None and len(data) > max_object_size:
+        raise ObjectSizeExceededError(len(data), max_object_size)
     return data
+
+
+def validate_blob(blob: object) -> bytes | memoryview:
+    """Return blob as bytes or a flat byte view (of len() bytes), or raise TypeError."""
+    if type(blob) is bytes:
+        return blob
+    if isinstance(blob, bytes | bytearray | memoryview):
+        return _flat_view(blob)
+    raise TypeError(f"A blob must be bytes, bytearray or memoryview, not {type(blob).__name__}.")
 
 
 def validate_digest(sha256: object) -> str:
@@ -239,11 +407,62 @@ def _flat_view(blob: bytes | bytearray | memoryview) -> memoryview:
     view = memoryview(blob)
     if not view.c_contiguous:
         view = memoryview(view.tobytes())
+    # Cast to unsigned bytes, so that len() counts bytes.
     return view.cast("B")
+
+
+async def slices(data: bytes, start: int, stop: int) -> AsyncIterator[bytes]:
+    """Yield the bytes [start, stop) of data in chunks of STREAM_CHUNK_SIZE."""
+    view = memoryview(data)
+    for offset in range(start, stop, STREAM_CHUNK_SIZE):
+        yield bytes(view[offset : min(offset + STREAM_CHUNK_SIZE, stop)])
 
 
 def _abbreviate(text: str, length: int = 40) -> str:
     return text if len(text) <= length else text[:length] + "…"
+
+
+class GatheredStreams:
+    """``stream`` and ``write`` for a storage that keeps each blob whole in memory anyway."""
+
+    max_object_size: int | None
+
+    async def stream(
+        self: BlobStorage, key: str, *, start: int = 0, stop: int | None = None
+    ) -> BlobStream | None:
+        """Open the bytes ``[start, stop)`` of the blob under key as a stream, or return None."""
+        fetched = await self.fetch(key)
+        if fetched is None:
+            return None
+        info, data = fetched
+        first, last = validate_range(info.size, start, stop)
+        return BlobStream(info, first, last, slices(data, first, last))
+
+    async def write(
+        self: BlobStorage,
+        key: str,
+        chunks: AsyncIterable[BytesLike],
+        *,
+        if_absent: bool = False,
+        if_sha256: str | None = None,
+    ) -> BlobInfo | None:
+        """Store the concatenated chunks under key; return the new record, or None."""
+        validate_key(key)
+        if if_sha256 is not None:
+            validate_digest(if_sha256)
+        upload = Upload(chunks, STREAM_CHUNK_SIZE, getattr(self, "max_object_size", None))
+        buffer = io.BytesIO()
+        async for piece in upload.pieces():
+            buffer.write(piece)
+        blob = buffer.getvalue()
+        if if_absent:
+            stored = await self.create(key, blob)
+        elif if_sha256 is not None:
+            stored = await self.replace(key, blob, sha256=if_sha256)
+        else:
+            await self.set(key, blob)
+            stored = True
+        return await self.stat(key) if stored else None
 
 
 class BaseStorage:

@@ -13,6 +13,7 @@ from blobstore.storage.base import (
     BaseStorage,
     BlobInfo,
     BytesLike,
+    GatheredStreams,
     validate_digest,
     validate_item,
     validate_key,
@@ -20,7 +21,7 @@ from blobstore.storage.base import (
 )
 
 
-class DictStorage(BaseStorage):
+class DictStorage(GatheredStreams, BaseStorage):
     """Keep blobs in a dict: fast, private to the process, gone on ``close()``."""
 
     def __init__(self, *, max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE) -> None:

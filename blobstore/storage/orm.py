@@ -1,12 +1,24 @@
-"""A storage that keeps blobs in the Blob table through Django's async ORM."""
+"""A storage that keeps blobs in the Blob table through Django's async ORM.
+
+A blob of up to :data:`CHUNK_SIZE` bytes is one ``Blob`` row. A larger blob
+keeps its first chunk in that row and the rest in ``BlobChunk`` rows of a
+version of its own: the chunks are written first, then one short transaction
+points the row at the new version and deletes the old one's chunks. Readers
+therefore see one version whole, and an upload that fails leaves the old
+blob as it was. On PostgreSQL with psycopg 3, chunks travel as binary
+parameters and results, not as hex text.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
-from django.db import DEFAULT_DB_ALIAS, IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
 from django.utils import timezone
 
 from blobstore.storage.base import (
@@ -14,28 +26,57 @@ from blobstore.storage.base import (
     DEFAULT_PAGE_SIZE,
     BaseStorage,
     BlobInfo,
+    BlobStream,
     BytesLike,
+    Upload,
+    once,
     prefix_end,
+    slices,
     validate_digest,
     validate_item,
     validate_key,
     validate_listing,
+    validate_range,
 )
 
 if TYPE_CHECKING:
+    import datetime
+
+    from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.models import QuerySet
 
-    from blobstore.models import Blob
+    from blobstore.models import Blob, BlobChunk
 
-_REPLACED_FIELDS = ["data", "size", "sha256", "updated"]
+CHUNK_SIZE = 1024 * 1024
+"""The size of every chunk of a blob but the last, in bytes."""
+
+CHUNKS_PER_FETCH = 4
+"""How many chunks a stream reads from the database at a time."""
+
 _INFO_FIELDS = ["key", "size", "updated", "sha256"]
+_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class _Version:
+    """A blob version about to be committed: its row's values."""
+
+    key: str
+    head: bytes | memoryview
+    size: int
+    sha256: str
+    version: uuid.UUID | None
+    now: datetime.datetime
+
+    def info(self) -> BlobInfo:
+        return BlobInfo(self.key, self.size, self.now, self.sha256)
 
 
 class ORMStorage(BaseStorage):
     """Keep blobs in :class:`blobstore.models.Blob` rows on the database ``using`` names.
 
     Connections belong to Django, which opens and closes them; ``close()``
-    has nothing of its own to release.
+    has nothing of its own to release. SQLite and PostgreSQL are supported.
     """
 
     def __init__(
@@ -58,22 +99,36 @@ class ORMStorage(BaseStorage):
 
         return Blob.objects.using(self.using)
 
+    @property
+    def chunks(self) -> QuerySet[BlobChunk]:
+        """Return all BlobChunk rows of this storage's database."""
+        from blobstore.models import BlobChunk
+
+        return BlobChunk.objects.using(self.using)
+
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """Return the blob for key, or default when there is none."""
         validate_key(key)
-        data = await self.blobs.filter(key=key).values_list("data", flat=True).afirst()
-        if data is None:
+        row = await self.blobs.filter(key=key).values_list("data", "version").afirst()
+        if row is None:
             return default
-        return data if type(data) is bytes else bytes(data)
+        head, version = row
+        if version is None:
+            return _bytes(head)
+        fetched = await self.fetch(key)
+        return default if fetched is None else fetched[1]
 
     async def set(self, key: str, blob: BytesLike) -> None:
-        """Store blob under key, replacing any blob already there, in one statement."""
-        row = self._row(key, validate_item(key, blob, self.max_object_size))
-        # INSERT ... ON CONFLICT DO UPDATE: atomic on SQLite and PostgreSQL, so
-        # two writers of one key never meet an IntegrityError.
-        await self.blobs.abulk_create(
-            [row], update_conflicts=True, unique_fields=["key"], update_fields=_REPLACED_FIELDS
-        )
+        """Store blob under key, replacing any blob already there."""
+        data = validate_item(key, blob, self.max_object_size)
+        if len(data) > CHUNK_SIZE:
+            await self.write(key, once(data))
+            return
+        row = _Version(key, data, len(data), hashlib.sha256(data).hexdigest(), None, timezone.now())
+        # One statement replaces a blob of one chunk; a chunked one needs a
+        # transaction that deletes its chunks too.
+        if not await sync_to_async(self._upsert_unchunked)(row):
+            await sync_to_async(self._commit)(row, if_absent=False, if_sha256=None)
 
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
@@ -106,41 +161,354 @@ class ORMStorage(BaseStorage):
 
     async def fetch(self, key: str) -> tuple[BlobInfo, bytes] | None:
         """Return the record and the bytes of the blob stored under key, or None."""
-        validate_key(key)
-        record = await self.blobs.filter(key=key).values_list(*_INFO_FIELDS, "data").afirst()
-        if record is None:
+        stream = await self.stream(key)
+        if stream is None:
             return None
-        *info, data = record
-        return BlobInfo(*info), data if type(data) is bytes else bytes(data)
+        async with stream:
+            return stream.info, await stream.read()
 
     async def create(self, key: str, blob: BytesLike) -> bool:
         """Store blob under key unless a blob is there; return whether it was stored."""
-        row = self._row(key, validate_item(key, blob, self.max_object_size))
-        try:
-            await sync_to_async(self._insert)(row)
-        except IntegrityError:
-            return False
-        return True
+        data = validate_item(key, blob, self.max_object_size)
+        return await self.write(key, once(data), if_absent=True) is not None
 
     async def replace(self, key: str, blob: BytesLike, *, sha256: str) -> bool:
         """Replace the blob under key if its digest is sha256; return whether it was replaced."""
-        row = self._row(key, validate_item(key, blob, self.max_object_size))
-        current = self.blobs.filter(key=key, sha256=validate_digest(sha256))
-        changes = {field: getattr(row, field) for field in _REPLACED_FIELDS}
-        return await current.aupdate(**changes) > 0
+        data = validate_item(key, blob, self.max_object_size)
+        validate_digest(sha256)
+        return await self.write(key, once(data), if_sha256=sha256) is not None
 
-    def _row(self, key: str, data: bytes | memoryview) -> Blob:
-        now = timezone.now()
-        return self.blobs.model(
-            key=key,
-            data=data,
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            created=now,
-            updated=now,
+    async def write(
+        self,
+        key: str,
+        chunks: AsyncIterable[BytesLike],
+        *,
+        if_absent: bool = False,
+        if_sha256: str | None = None,
+    ) -> BlobInfo | None:
+        """Store the concatenated chunks under key; return the new record, or None.
+
+        None means that ``if_absent`` or ``if_sha256`` did not hold; then, as
+        when this raises, the previous blob is left as it was.
+        """
+        validate_key(key)
+        if if_sha256 is not None:
+            validate_digest(if_sha256)
+        upload = Upload(chunks, CHUNK_SIZE, self.max_object_size)
+        pieces = upload.pieces()
+        head = await anext(pieces)
+        version = None
+        try:
+            async for index, piece in _numbered(pieces):
+                version = version or uuid.uuid4()
+                await sync_to_async(self._insert_chunk)(version, index, piece)
+            row = _Version(key, head, upload.size, upload.sha256, version, timezone.now())
+            stored = await sync_to_async(self._commit)(
+                row, if_absent=if_absent, if_sha256=if_sha256
+            )
+        except BaseException:
+            if version is not None:
+                await sync_to_async(self._discard)(version)
+            raise
+        if not stored:
+            if version is not None:
+                await sync_to_async(self._discard)(version)
+            return None
+        return row.info()
+
+    async def stream(
+        self, key: str, *, start: int = 0, stop: int | None = None
+    ) -> BlobStream | None:
+        """Open the bytes ``[start, stop)`` of the blob under key as a stream, or return None.
+
+        The chunks of a large blob are read by one statement on a connection
+        of the stream's own (in a transaction, on the caller's), so the
+        stream yields the version it found even if the blob is replaced or
+        evicted meanwhile.
+        """
+        validate_key(key)
+        for _ in range(_ATTEMPTS):
+            record = (
+                await self.blobs.filter(key=key)
+                .values_list(*_INFO_FIELDS, "data", "version")
+                .afirst()
+            )
+            if record is None:
+                return None
+            *fields, head, version = record
+            info = BlobInfo(*fields)
+            first, last = validate_range(info.size, start, stop)
+            head = _bytes(head)
+            if version is None or last <= len(head):
+                return BlobStream(info, first, last, slices(head, first, last))
+            reader = _ChunkReader(self.using, version, len(head), first, last)
+            if await reader.open():
+                return BlobStream(info, first, last, _stream(head, first, last, reader))
+        # Only a writer replacing this key over and over gets here.
+        raise RuntimeError(f"The blob {key!r} kept changing while it was being opened.")
+
+    def _upsert_unchunked(self, row: _Version) -> bool:
+        """Insert or replace an unchunked blob in one statement; return False if it is chunked."""
+        table, values = self._row_values(row)
+        kept = {_quoted(self.using, "key"), _quoted(self.using, "created")}
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in values if c not in kept)
+        sql = (
+            f"INSERT INTO {table} ({', '.join(values)}) VALUES ({_marks(values)}) "
+            f"ON CONFLICT ({_quoted(self.using, 'key')}) DO UPDATE SET {updates} "
+            f"WHERE {table}.{_quoted(self.using, 'version')} IS NULL RETURNING 1"
         )
+        return bool(_execute(connections[self.using], sql, list(values.values())))
 
-    def _insert(self, row: Blob) -> None:
-        # A savepoint of its own, so that a conflict leaves the caller's transaction usable.
-        with transaction.atomic(using=self.using):
-            row.save(using=self.using, force_insert=True)
+    def _commit(self, row: _Version, *, if_absent: bool, if_sha256: str | None) -> bool:
+        """Point key at the row's version if the condition holds; return whether it did."""
+        for _ in range(_ATTEMPTS):
+            with transaction.atomic(using=self.using):
+                current = (
+                    self.blobs.select_for_update()
+                    .filter(key=row.key)
+                    .values_list("version", "sha256")
+                    .first()
+                )
+                if current is None:
+                    if if_sha256 is not None:
+                        return False
+                    if self._insert(row):
+                        return True
+                    if if_absent:
+                        return False
+                    continue  # another writer created the key: lock its row, then replace
+                old_version, sha256 = current
+                if if_absent or (if_sha256 is not None and sha256 != if_sha256):
+                    return False
+                changes = {"data": row.head, "size": row.size, "sha256": row.sha256}
+                self.blobs.filter(key=row.key).update(
+                    **changes, updated=row.now, version=row.version
+                )
+                if old_version is not None:
+                    self.chunks.filter(version=old_version).delete()
+                return True
+        raise RuntimeError(f"The blob {row.key!r} kept changing while it was being written.")
+
+    def _insert(self, row: _Version) -> bool:
+        table, values = self._row_values(row)
+        sql = (
+            f"INSERT INTO {table} ({', '.join(values)}) VALUES ({_marks(values)}) "
+            f"ON CONFLICT ({_quoted(self.using, 'key')}) DO NOTHING RETURNING 1"
+        )
+        return bool(_execute(connections[self.using], sql, list(values.values())))
+
+    def _row_values(self, row: _Version) -> tuple[str, dict[str, Any]]:
+        """Return the quoted table name and the quoted columns with their database values."""
+        values = {
+            "key": row.key,
+            "data": row.head,
+            "size": row.size,
+            "sha256": row.sha256,
+            "created": row.now,
+            "updated": row.now,
+            "version": row.version,
+        }
+        return _prepared(self.blobs.model, connections[self.using], values)
+
+    def _insert_chunk(self, version: uuid.UUID, index: int, data: bytes | memoryview) -> None:
+        connection = connections[self.using]
+        values = {"version": version, "index": index, "data": data, "created": timezone.now()}
+        table, prepared = _prepared(self.chunks.model, connection, values)
+        sql = f"INSERT INTO {table} ({', '.join(prepared)}) VALUES ({_marks(prepared)})"
+        _execute(connection, sql, list(prepared.values()))
+
+    def _discard(self, version: uuid.UUID) -> None:
+        self.chunks.filter(version=version).delete()
+
+
+class _ChunkReader:
+    """The chunks of one version of a blob that cover a byte range, read in order.
+
+    Outside a transaction they are read on a connection of the reader's own,
+    by one statement, whose snapshot keeps them readable until the reader is
+    closed whatever writers do meanwhile. Inside the caller's transaction,
+    or on an in-memory database, they are read there.
+    """
+
+    def __init__(self, using: str, version: uuid.UUID, head_size: int, start: int, stop: int):
+        self.using = using
+        self.version = version
+        self.first_index = 1 + max(0, start - head_size) // CHUNK_SIZE
+        self.last_index = 1 + (stop - 1 - head_size) // CHUNK_SIZE
+        self.offset = head_size + (self.first_index - 1) * CHUNK_SIZE
+        """Where the first chunk read starts in the blob."""
+        self.private = False
+        self.connection: BaseDatabaseWrapper | None = None
+        self.cursor: Any = None
+        self.rows: list[tuple[int, bytes]] = []
+
+    async def open(self) -> bool:
+        """Start reading; return False if the version is gone, as when the blob was replaced."""
+        # Django's connection (and whether it is in a transaction) is known
+        # on its own thread only.
+        await sync_to_async(self._choose_connection)()
+        try:
+            await self._call(self._execute)
+        except BaseException:
+            await self.close()
+            raise
+        if self.rows and self.rows[0][0] == self.first_index:
+            return True
+        await self.close()
+        return False
+
+    async def next_chunk(self) -> bytes | None:
+        """Return the next chunk, or None after the last."""
+        if not self.rows:
+            self.rows = await self._call(self._fetch)
+        return self.rows.pop(0)[1] if self.rows else None
+
+    async def close(self) -> None:
+        """Release the cursor and the reader's own connection."""
+        if self.connection is not None:
+            await self._call(self._release)
+
+    def _choose_connection(self) -> None:
+        shared = connections[self.using]
+        self.private = not (shared.in_atomic_block or _in_memory(shared))
+        if self.private:
+            self.connection = connections.create_connection(self.using)
+            self.connection.inc_thread_sharing()  # used from the thread pool, a call at a time
+        else:
+            self.connection = shared
+
+    def _execute(self) -> None:
+        connection = self._connection
+        if connection.vendor == "postgresql" and self.private:
+            # A server-side cursor lives in a transaction: one statement, one snapshot.
+            connection.set_autocommit(False)
+        self.cursor = _cursor(connection, streaming=True)
+        with connection.wrap_database_errors:
+            self.cursor.execute(*self._query())
+            self.rows = self._fetch()
+
+    @property
+    def _connection(self) -> BaseDatabaseWrapper:
+        assert self.connection is not None, "the reader is not open"
+        return self.connection
+
+    def _fetch(self) -> list[tuple[int, bytes]]:
+        with self._connection.wrap_database_errors:
+            rows = self.cursor.fetchmany(CHUNKS_PER_FETCH)
+        return [(index, _bytes(data)) for index, data in rows]
+
+    def _release(self) -> None:
+        cursor, self.cursor = self.cursor, None
+        connection, self.connection = self.connection, None
+        try:
+            if cursor is not None:
+                cursor.close()
+        finally:
+            if self.private and connection is not None:
+                connection.close()
+
+    def _query(self) -> tuple[str, list[Any]]:
+        from blobstore.models import BlobChunk
+
+        values = {"version": self.version, "index": 0, "data": b""}
+        table, prepared = _prepared(BlobChunk, self._connection, values)
+        (version, version_value), (index, _), (data, _) = prepared.items()
+        sql = (
+            f"SELECT {index}, {data} FROM {table} WHERE {version} = %s "
+            f"AND {index} BETWEEN %s AND %s ORDER BY {index}"
+        )
+        return sql, [version_value, self.first_index, self.last_index]
+
+    async def _call(self, function: Callable[[], Any]) -> Any:
+        # The reader's own connection needs no turn on Django's shared thread.
+        return await sync_to_async(function, thread_sensitive=not self.private)()
+
+
+async def _stream(head: bytes, start: int, stop: int, reader: _ChunkReader) -> AsyncIterator[bytes]:
+    """Yield the bytes [start, stop) of a blob: from its head, then from its chunks."""
+    try:
+        async for piece in slices(head, start, min(stop, len(head))):
+            yield piece
+        offset = reader.offset
+        while offset < stop:
+            chunk = await reader.next_chunk()
+            if chunk is None:
+                raise RuntimeError("A chunk of the blob is missing.")
+            low, high = max(start - offset, 0), min(stop - offset, len(chunk))
+            yield chunk if (low, high) == (0, len(chunk)) else chunk[low:high]
+            offset += len(chunk)
+    finally:
+        await reader.close()
+
+
+async def _numbered(
+    pieces: AsyncIterator[bytes | memoryview],
+) -> AsyncIterator[tuple[int, bytes | memoryview]]:
+    index = 0
+    async for piece in pieces:
+        index += 1
+        yield index, piece
+
+
+def _bytes(data: bytes | memoryview | bytearray) -> bytes:
+    return data if type(data) is bytes else bytes(data)
+
+
+def _quoted(using: str, column: str) -> str:
+    return str(connections[using].ops.quote_name(column))
+
+
+def _prepared(
+    model: type[models.Model], connection: BaseDatabaseWrapper, values: dict[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """Return the quoted table of model, and quoted columns with their database values."""
+    quote = connection.ops.quote_name
+    prepared = {}
+    for name, value in values.items():
+        field = model._meta.get_field(name)
+        assert isinstance(field, models.Field)
+        prepared[quote(str(field.column))] = field.get_db_prep_save(value, connection)
+    return quote(str(model._meta.db_table)), prepared
+
+
+def _marks(columns: Sequence[str] | dict[str, Any]) -> str:
+    return ", ".join(["%s"] * len(columns))
+
+
+def _in_memory(connection: BaseDatabaseWrapper) -> bool:
+    return connection.vendor == "sqlite" and bool(connection.is_in_memory_db())  # type: ignore[attr-defined]
+
+
+def _binary_postgresql(connection: BaseDatabaseWrapper) -> bool:
+    """Return whether connection is psycopg 3 on PostgreSQL, which can move bytes as bytes."""
+    connection.ensure_connection()
+    return (
+        connection.vendor == "postgresql"
+        and type(connection.connection).__module__.startswith("psycopg")
+        and hasattr(connection.connection, "pgconn")
+    )
+
+
+def _cursor(connection: BaseDatabaseWrapper, *, streaming: bool = False) -> Any:
+    """Return a cursor whose results hold bytes as bytes, not as hex text."""
+    if _binary_postgresql(connection):
+        raw = connection.connection
+        if streaming:
+            return raw.cursor(name=f"blobstore_{uuid.uuid4().hex}", binary=True)
+        import psycopg
+
+        # Django's cursors bind parameters on the client, where bytes become text.
+        return psycopg.Cursor(raw)
+    return connection.chunked_cursor() if streaming else connection.cursor()
+
+
+def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> list[Any]:
+    """Run one statement in the connection's current transaction; return its rows, if any."""
+    cursor = _cursor(connection)
+    binary = {"binary": True} if _binary_postgresql(connection) else {}
+    with connection.wrap_database_errors:
+        try:
+            cursor.execute(sql, params, **binary)
+            return list(cursor.fetchall()) if cursor.description else []
+        finally:
+            cursor.close()

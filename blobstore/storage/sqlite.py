@@ -18,6 +18,7 @@ from blobstore.storage.base import (
     BaseStorage,
     BlobInfo,
     BytesLike,
+    GatheredStreams,
     prefix_end,
     validate_digest,
     validate_item,
@@ -55,7 +56,7 @@ _INFO_COLUMNS = "key, size, updated, sha256"
 _SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
-class SQLiteStorage(BaseStorage):
+class SQLiteStorage(GatheredStreams, BaseStorage):
     """Keep blobs in a table of one SQLite database, opened on first use.
 
     Several processes may share one file: it is opened in WAL mode, and a
