@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import io
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from urllib.parse import unquote_to_bytes
 
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 
 from blobstore.asgi import RECEIVE_KEY
-from blobstore.storage.base import validate_key
+from blobstore.exceptions import ObjectSizeExceededError
+from blobstore.storage.base import BlobStream, validate_key
 
 READ_CHUNK_SIZE = 1024 * 1024
+INLINE_RESPONSE_SIZE = 1024 * 1024
+"""Blobs up to this size are read whole before the response starts; larger ones stream."""
+OCTET_STREAM = "application/octet-stream"
 
 
 class BadRequest(Exception):
@@ -34,21 +39,29 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return response
 
 
-async def read_body(request: HttpRequest, limit: int | None) -> bytes:
-    """Return the request body, or refuse it with 413 as soon as it is over limit."""
+def request_body(request: HttpRequest, limit: int | None) -> AsyncIterator[bytes]:
+    """Return the request body as an async iterator of chunks, read as it arrives.
+
+    A ``Content-Length`` over limit is refused with 413 at once, before any
+    of the body is read; a longer body is the storage's to refuse
+    (``ObjectSizeExceededError``, which :func:`storage_errors` turns into 413).
+    """
     length = request.headers.get("Content-Length")
     if length is not None:
         if not is_number(length):
             raise BadRequest(400, f"Content-Length must be a number of bytes, not {length!r}.")
         if limit is not None and int(length) > limit:
             raise BadRequest(413, _too_large(limit))
-    # BytesIO grows in place and hands its buffer over without a copy.
-    body = io.BytesIO()
-    async for chunk in _body_chunks(request):
-        body.write(chunk)
-        if limit is not None and body.tell() > limit:
-            raise BadRequest(413, _too_large(limit))
-    return body.getvalue()
+    return _body_chunks(request)
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    """Turn the storage's refusal of a blob into the HTTP error it means."""
+    try:
+        yield
+    except ObjectSizeExceededError as large:
+        raise BadRequest(413, _too_large(large.max_object_size)) from large
 
 
 async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
@@ -64,6 +77,24 @@ async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
+
+
+async def blob_response(stream: BlobStream, status: int = 200) -> HttpResponseBase:
+    """Return a response carrying the stream's bytes: read at once when small, else streamed."""
+    if stream.length <= INLINE_RESPONSE_SIZE:
+        async with stream:
+            body = await stream.read()
+        response: HttpResponseBase = HttpResponse(body, status=status, content_type=OCTET_STREAM)
+    else:
+        response = StreamingHttpResponse(_closing(stream), status=status, content_type=OCTET_STREAM)
+    response["Content-Length"] = str(stream.length)
+    return response
+
+
+async def _closing(stream: BlobStream) -> AsyncIterator[bytes]:
+    async with stream:
+        async for chunk in stream:
+            yield chunk
 
 
 def _too_large(limit: int) -> str:

@@ -96,8 +96,9 @@ class BlobChunk(models.Model):
     index = models.PositiveIntegerField(
         _("index"), help_text=_("1 for the second chunk, and so on.")
     )
-    data = models.BinaryField(_("data"))
+    # Before data, so that SQLite finds it without reading the chunk.
     created = models.DateTimeField(_("created"), default=timezone.now)
+    data = models.BinaryField(_("data"))
 
     class Meta:
         verbose_name = _("blob chunk")

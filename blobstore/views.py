@@ -9,10 +9,12 @@ from __future__ import annotations
 import base64
 import binascii
 import posixpath
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.utils.cache import get_conditional_response
 from django.utils.decorators import method_decorator
 from django.utils.http import http_date, parse_etags
@@ -20,8 +22,18 @@ from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from blobstore.auth import AccessDenied, authorize
-from blobstore.http import BadRequest, checked_key, error, is_number, read_body, require_utf8
-from blobstore.storage import BlobInfo, BlobStorage, storages
+from blobstore.http import (
+    OCTET_STREAM,
+    BadRequest,
+    blob_response,
+    checked_key,
+    error,
+    is_number,
+    request_body,
+    require_utf8,
+    storage_errors,
+)
+from blobstore.storage import BlobInfo, BlobStream, StreamingStorage, storages
 from blobstore.storage.base import DEFAULT_PAGE_SIZE
 
 MAX_PAGE_SIZE = 1000
@@ -34,7 +46,7 @@ SAFE_HEADERS = {
 }
 
 
-def storage() -> BlobStorage:
+def storage() -> StreamingStorage:
     """Return the storage that the API serves."""
     return storages["default"]  # type: ignore[return-value]
 
@@ -94,44 +106,43 @@ class BlobListView(APIView):
 class BlobView(APIView):
     """``/<key>``: the blob's bytes (GET, HEAD), a new version (PUT), its removal (DELETE)."""
 
-    async def get(self, request: HttpRequest, key: str) -> HttpResponse:
-        fetched = await storage().fetch(checked_key(key))
-        if fetched is None:
+    async def get(self, request: HttpRequest, key: str) -> HttpResponseBase:
+        stream = await storage().stream(checked_key(key))
+        if stream is None:
             raise BadRequest(404, f"No blob has the key {key!r}.")
-        info, data = fetched
+        info = stream.info
         conditional = _conditional(request, info)
-        if conditional is not None:
+        byte_range = None if conditional else _requested_range(request, info)
+        if conditional or byte_range:
+            await stream.aclose()
+        if conditional:
             return conditional
-        byte_range = _requested_range(request, info)
-        if byte_range is None:
-            return _blob_response(info, data, 200)
-        start, stop = byte_range
-        response = _blob_response(info, data[start:stop], 206)
-        response["Content-Range"] = f"bytes {start}-{stop - 1}/{info.size}"
-        return response
+        if byte_range:
+            stream = await _open_range(key, info, *byte_range)
+        response = await blob_response(stream, 206 if byte_range else 200)
+        if byte_range:
+            response["Content-Range"] = f"bytes {stream.start}-{stream.stop - 1}/{info.size}"
+        return _with_blob_headers(response, info)
 
-    async def head(self, request: HttpRequest, key: str) -> HttpResponse:
+    async def head(self, request: HttpRequest, key: str) -> HttpResponseBase:
         info = await storage().stat(checked_key(key))
         if info is None:
             raise BadRequest(404, f"No blob has the key {key!r}.")
         conditional = _conditional(request, info)
         if conditional is not None:
             return conditional
-        response = _blob_response(info, b"", 200)
+        response = HttpResponse(status=200, content_type=OCTET_STREAM)
         response["Content-Length"] = str(info.size)
-        return response
+        return _with_blob_headers(response, info)
 
     async def put(self, request: HttpRequest, key: str) -> HttpResponse:
         store = storage()
         checked_key(key)
-        limit = getattr(store, "max_object_size", None)
-        body = await read_body(request, limit)
-        created = await _write(request, store, key, body)
-        info = await store.stat(key)
-        described = _describe(info) if info else {"key": key}
-        response = JsonResponse(described, status=201 if created else 200)
-        if info is not None:
-            response["ETag"] = _etag(info)
+        body = request_body(request, getattr(store, "max_object_size", None))
+        with storage_errors():
+            created, info = await _write(request, store, key, body)
+        response = JsonResponse(_describe(info), status=201 if created else 200)
+        response["ETag"] = _etag(info)
         return response
 
     async def delete(self, request: HttpRequest, key: str) -> HttpResponse:
@@ -139,27 +150,42 @@ class BlobView(APIView):
         return HttpResponse(status=204)
 
 
-async def _write(request: HttpRequest, store: BlobStorage, key: str, body: bytes) -> bool:
-    """Store body under key as the request's preconditions allow; return whether it was new."""
+async def _open_range(key: str, info: BlobInfo, start: int, stop: int) -> BlobStream:
+    """Open the range of the version that info describes, or raise 412 if it was replaced."""
+    stream = await storage().stream(key, start=start, stop=stop)
+    if stream is None or stream.info.sha256 != info.sha256:
+        if stream is not None:
+            await stream.aclose()
+        raise BadRequest(412, "The blob changed while the range was being opened; ask again.")
+    return stream
+
+
+async def _write(
+    request: HttpRequest, store: StreamingStorage, key: str, body: AsyncIterator[bytes]
+) -> tuple[bool, BlobInfo]:
+    """Store body under key as the request's preconditions allow; return (created, record)."""
     if_none_match = request.headers.get("If-None-Match")
     if_match = request.headers.get("If-Match")
     if if_none_match is not None:
         if if_none_match.strip() != "*":
             raise BadRequest(400, "PUT accepts only 'If-None-Match: *' (create only).")
-        if not await store.create(key, body):
+        info = None if await store.exists(key) else await store.write(key, body, if_absent=True)
+        if info is None:
             raise BadRequest(412, f"A blob with the key {key!r} exists already.")
-        return True
+        return True, info
     if if_match is not None:
         current = await store.stat(key)
         wanted = parse_etags(if_match)
         if current is None or ("*" not in wanted and _etag(current) not in wanted):
             raise BadRequest(412, "The blob does not match If-Match.")
-        if not await store.replace(key, body, sha256=current.sha256):
+        info = await store.write(key, body, if_sha256=current.sha256)
+        if info is None:
             raise BadRequest(412, "The blob changed while it was being replaced.")
-        return False
+        return False, info
     created = not await store.exists(key)
-    await store.set(key, body)
-    return created
+    info = await store.write(key, body)
+    assert info is not None  # an unconditional write always stores
+    return created, info
 
 
 def _conditional(request: HttpRequest, info: BlobInfo) -> HttpResponse | None:
@@ -201,12 +227,10 @@ def _requested_range(request: HttpRequest, info: BlobInfo) -> tuple[int, int] | 
     return start, stop
 
 
-def _blob_response(info: BlobInfo, body: bytes, status: int) -> HttpResponse:
-    response = HttpResponse(body, status=status, content_type="application/octet-stream")
+def _with_blob_headers(response: HttpResponseBase, info: BlobInfo) -> HttpResponseBase:
     filename = posixpath.basename(info.key) or "blob"
     headers = {
         **SAFE_HEADERS,
-        "Content-Length": str(len(body)),
         "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",
         "ETag": _etag(info),
         "Last-Modified": http_date(info.updated.timestamp()),

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import dj_database_url
 import httpx
+import psycopg
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,14 +26,16 @@ def free_port() -> int:
 
 
 class LiveSite:
-    """The demo site on a fresh SQLite database in a temporary directory."""
+    """The demo site on a fresh database: SQLite in a temporary directory, or database_url."""
 
-    def __init__(self) -> None:
+    def __init__(self, database_url: str | None = None) -> None:
         self._var_dir = tempfile.TemporaryDirectory()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.environment = {**os.environ, "BLOBSTORE_VAR_DIR": self._var_dir.name}
         self.environment.pop("DATABASE_URL", None)
+        if database_url is not None:
+            self.environment["DATABASE_URL"] = database_url
         self.server: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,10 +55,19 @@ class LiveSite:
         )
         return done.stdout
 
-    def start(self) -> None:
-        """Start `manage.py rundemo`, as the README's demo command does, and wait for it."""
+    def start(self, *, workers: int = 1) -> None:
+        """Start `manage.py rundemo`, as the README's demo command does, and wait for it.
+
+        With several workers, uvicorn serves the site's ASGI application instead.
+        """
+        command = [sys.executable, "manage.py", "rundemo", "--port", str(self.port)]
+        if workers > 1:
+            command = [
+                *(sys.executable, "-m", "uvicorn", "project.asgi:application"),
+                *("--port", str(self.port), "--workers", str(workers), "--lifespan", "off"),
+            ]
         self.server = subprocess.Popen(
-            [sys.executable, "manage.py", "rundemo", "--port", str(self.port)],
+            command,
             cwd=ROOT,
             env=self.environment,
             stdout=subprocess.PIPE,
@@ -75,3 +90,19 @@ class LiveSite:
             self.server.terminate()
             self.server.wait(30)
         self._var_dir.cleanup()
+
+
+@contextlib.contextmanager
+def postgres_database(url: str) -> Iterator[str]:
+    """Create an empty PostgreSQL database beside url's; yield its URL, then drop it."""
+    settings = dj_database_url.parse(url)
+    name = f"blobstore_live_{os.getpid()}_{free_port()}"
+    with psycopg.connect(
+        host=settings["HOST"], port=settings["PORT"] or 5432, user=settings["USER"],
+        password=settings["PASSWORD"], dbname="postgres", autocommit=True,
+    ) as server:  # fmt: skip
+        server.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield url.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -42,11 +42,11 @@ class Migration(migrations.Migration):
                         help_text="1 for the second chunk, and so on.", verbose_name="index"
                     ),
                 ),
-                ("data", models.BinaryField(verbose_name="data")),
                 (
                     "created",
                     models.DateTimeField(default=django.utils.timezone.now, verbose_name="created"),
                 ),
+                ("data", models.BinaryField(verbose_name="data")),
             ],
             options={
                 "verbose_name": "blob chunk",

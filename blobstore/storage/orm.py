@@ -11,6 +11,7 @@ parameters and results, not as hex text.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from blobstore.storage.base import (
@@ -40,8 +42,6 @@ from blobstore.storage.base import (
 )
 
 if TYPE_CHECKING:
-    import datetime
-
     from django.db.backends.base.base import BaseDatabaseWrapper
     from django.db.models import QuerySet
 
@@ -52,6 +52,9 @@ CHUNK_SIZE = 1024 * 1024
 
 CHUNKS_PER_FETCH = 4
 """How many chunks a stream reads from the database at a time."""
+
+ORPHAN_AGE = datetime.timedelta(hours=1)
+"""How long :meth:`ORMStorage.purge` waits before it takes an upload for abandoned."""
 
 _INFO_FIELDS = ["key", "size", "updated", "sha256"]
 _ATTEMPTS = 5
@@ -200,7 +203,9 @@ class ORMStorage(BaseStorage):
         version = None
         try:
             async for index, piece in _numbered(pieces):
-                version = version or uuid.uuid4()
+                if version is None:
+                    await self.purge()
+                    version = uuid.uuid4()
                 await sync_to_async(self._insert_chunk)(version, index, piece)
             row = _Version(key, head, upload.size, upload.sha256, version, timezone.now())
             stored = await sync_to_async(self._commit)(
@@ -319,6 +324,28 @@ class ORMStorage(BaseStorage):
 
     def _discard(self, version: uuid.UUID) -> None:
         self.chunks.filter(version=version).delete()
+
+    async def purge(self, *, older_than: datetime.timedelta = ORPHAN_AGE) -> int:
+        """Delete the chunks of uploads that stopped before committing; return how many.
+
+        A process killed in the middle of an upload leaves the chunks it had
+        written, which no blob names. Chunks of uploads still under way are
+        kept: only versions whose newest chunk is older than older_than go.
+        """
+        return await sync_to_async(self._purge)(older_than)
+
+    def _purge(self, older_than: datetime.timedelta) -> int:
+        stale = (
+            self.chunks.values("version")
+            .annotate(newest=Max("created"))
+            .filter(newest__lt=timezone.now() - older_than)
+            .exclude(version__in=self.blobs.exclude(version=None).values("version"))
+            .values("version")
+        )
+        deleted, _ = self.chunks.filter(
+            version__in=list(stale.values_list("version", flat=True))
+        ).delete()
+        return deleted
 
 
 class _ChunkReader:

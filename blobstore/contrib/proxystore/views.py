@@ -9,13 +9,22 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
 from blobstore.contrib.proxystore import allowed_networks, endpoint_uuid
-from blobstore.http import BadRequest, checked_key, error, read_body, require_utf8
-from blobstore.storage import BlobStorage, storages
+from blobstore.http import (
+    BadRequest,
+    blob_response,
+    checked_key,
+    error,
+    request_body,
+    require_utf8,
+    storage_errors,
+)
+from blobstore.storage import StreamingStorage, storages
 
-View = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponse]]
+View = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponseBase]]
 
 
 def endpoint_route(method: str) -> Callable[[View], View]:
@@ -24,7 +33,7 @@ def endpoint_route(method: str) -> Callable[[View], View]:
     def decorate(view: View) -> View:
         @csrf_exempt
         @functools.wraps(view)
-        async def route(request: HttpRequest) -> HttpResponse:
+        async def route(request: HttpRequest) -> HttpResponseBase:
             if request.method != method:
                 return error(405, f"Use {method} here.", {"Allow": method})
             if not _client_allowed(request.META.get("REMOTE_ADDR", "")):
@@ -55,12 +64,12 @@ async def exists(request: HttpRequest) -> HttpResponse:
 
 
 @endpoint_route("GET")
-async def get(request: HttpRequest) -> HttpResponse:
+async def get(request: HttpRequest) -> HttpResponseBase:
     """Answer the blob's bytes, or 404."""
-    blob = await _storage().get(_key(request))
-    if blob is None:
+    stream = await _storage().stream(_key(request))
+    if stream is None:
         return error(404, "No data is associated with the key.")
-    response = HttpResponse(blob, content_type="application/octet-stream")
+    response = await blob_response(stream)
     response["X-Content-Type-Options"] = "nosniff"
     return response
 
@@ -70,8 +79,9 @@ async def set(request: HttpRequest) -> HttpResponse:
     """Store the request body under the key."""
     key = _key(request)
     store = _storage()
-    body = await read_body(request, getattr(store, "max_object_size", None))
-    await store.set(key, body)
+    body = request_body(request, getattr(store, "max_object_size", None))
+    with storage_errors():
+        await store.write(key, body)
     return HttpResponse(status=200)
 
 
@@ -82,7 +92,7 @@ async def evict(request: HttpRequest) -> HttpResponse:
     return HttpResponse(status=200)
 
 
-def _storage() -> BlobStorage:
+def _storage() -> StreamingStorage:
     return storages["default"]  # type: ignore[return-value]
 
 
