@@ -11,6 +11,7 @@ parameters and results, not as hex text.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import uuid
@@ -201,17 +202,31 @@ class ORMStorage(BaseStorage):
         pieces = upload.pieces()
         head = await anext(pieces)
         version = None
+        session = _Session(self.using, fast_commits=True)
+        # One chunk goes to the database while the next one arrives.
+        inserting: asyncio.Future[None] | None = None
         try:
             async for index, piece in _numbered(pieces):
                 if version is None:
                     await self.purge()
+                    await session.open()
                     version = uuid.uuid4()
-                await sync_to_async(self._insert_chunk)(version, index, piece)
+                if inserting is not None:
+                    await inserting
+                inserting = asyncio.ensure_future(
+                    session.call(self._insert_chunk, session.connection, version, index, piece)
+                )
+            if inserting is not None:
+                await inserting
+            await session.close()
             row = _Version(key, head, upload.size, upload.sha256, version, timezone.now())
             stored = await sync_to_async(self._commit)(
                 row, if_absent=if_absent, if_sha256=if_sha256
             )
         except BaseException:
+            if inserting is not None:
+                await asyncio.wait([inserting])  # its connection is closed next
+            await session.close()
             if version is not None:
                 await sync_to_async(self._discard)(version)
             raise
@@ -315,8 +330,13 @@ class ORMStorage(BaseStorage):
         }
         return _prepared(self.blobs.model, connections[self.using], values)
 
-    def _insert_chunk(self, version: uuid.UUID, index: int, data: bytes | memoryview) -> None:
-        connection = connections[self.using]
+    def _insert_chunk(
+        self,
+        connection: BaseDatabaseWrapper,
+        version: uuid.UUID,
+        index: int,
+        data: bytes | memoryview,
+    ) -> None:
         values = {"version": version, "index": index, "data": data, "created": timezone.now()}
         table, prepared = _prepared(self.chunks.model, connection, values)
         sql = f"INSERT INTO {table} ({', '.join(prepared)}) VALUES ({_marks(prepared)})"
@@ -364,18 +384,15 @@ class _ChunkReader:
         self.last_index = 1 + (stop - 1 - head_size) // CHUNK_SIZE
         self.offset = head_size + (self.first_index - 1) * CHUNK_SIZE
         """Where the first chunk read starts in the blob."""
-        self.private = False
-        self.connection: BaseDatabaseWrapper | None = None
+        self.session = _Session(using)
         self.cursor: Any = None
         self.rows: list[tuple[int, bytes]] = []
 
     async def open(self) -> bool:
         """Start reading; return False if the version is gone, as when the blob was replaced."""
-        # Django's connection (and whether it is in a transaction) is known
-        # on its own thread only.
-        await sync_to_async(self._choose_connection)()
+        await self.session.open()
         try:
-            await self._call(self._execute)
+            await self.session.call(self._execute)
         except BaseException:
             await self.close()
             raise
@@ -387,26 +404,19 @@ class _ChunkReader:
     async def next_chunk(self) -> bytes | None:
         """Return the next chunk, or None after the last."""
         if not self.rows:
-            self.rows = await self._call(self._fetch)
+            self.rows = await self.session.call(self._fetch)
         return self.rows.pop(0)[1] if self.rows else None
 
     async def close(self) -> None:
         """Release the cursor and the reader's own connection."""
-        if self.connection is not None:
-            await self._call(self._release)
-
-    def _choose_connection(self) -> None:
-        shared = connections[self.using]
-        self.private = not (shared.in_atomic_block or _in_memory(shared))
-        if self.private:
-            self.connection = connections.create_connection(self.using)
-            self.connection.inc_thread_sharing()  # used from the thread pool, a call at a time
-        else:
-            self.connection = shared
+        cursor, self.cursor = self.cursor, None
+        if cursor is not None:
+            await self.session.call(cursor.close)
+        await self.session.close()
 
     def _execute(self) -> None:
-        connection = self._connection
-        if connection.vendor == "postgresql" and self.private:
+        connection = self.session.connection
+        if connection.vendor == "postgresql" and self.session.private:
             # A server-side cursor lives in a transaction: one statement, one snapshot.
             connection.set_autocommit(False)
         self.cursor = _cursor(connection, streaming=True)
@@ -414,31 +424,16 @@ class _ChunkReader:
             self.cursor.execute(*self._query())
             self.rows = self._fetch()
 
-    @property
-    def _connection(self) -> BaseDatabaseWrapper:
-        assert self.connection is not None, "the reader is not open"
-        return self.connection
-
     def _fetch(self) -> list[tuple[int, bytes]]:
-        with self._connection.wrap_database_errors:
+        with self.session.connection.wrap_database_errors:
             rows = self.cursor.fetchmany(CHUNKS_PER_FETCH)
         return [(index, _bytes(data)) for index, data in rows]
-
-    def _release(self) -> None:
-        cursor, self.cursor = self.cursor, None
-        connection, self.connection = self.connection, None
-        try:
-            if cursor is not None:
-                cursor.close()
-        finally:
-            if self.private and connection is not None:
-                connection.close()
 
     def _query(self) -> tuple[str, list[Any]]:
         from blobstore.models import BlobChunk
 
         values = {"version": self.version, "index": 0, "data": b""}
-        table, prepared = _prepared(BlobChunk, self._connection, values)
+        table, prepared = _prepared(BlobChunk, self.session.connection, values)
         (version, version_value), (index, _), (data, _) = prepared.items()
         sql = (
             f"SELECT {index}, {data} FROM {table} WHERE {version} = %s "
@@ -446,9 +441,53 @@ class _ChunkReader:
         )
         return sql, [version_value, self.first_index, self.last_index]
 
-    async def _call(self, function: Callable[[], Any]) -> Any:
-        # The reader's own connection needs no turn on Django's shared thread.
-        return await sync_to_async(function, thread_sensitive=not self.private)()
+
+class _Session:
+    """The connection for one long operation: its own outside a transaction, else the caller's.
+
+    A connection of its own keeps a statement's snapshot, or a run of
+    writes, apart from everything else, and needs no turn on the thread
+    where Django's connections live. Inside the caller's transaction (or on
+    an in-memory database) only the caller's connection sees the data.
+    """
+
+    def __init__(self, using: str, *, fast_commits: bool = False) -> None:
+        self.using = using
+        self.fast_commits = fast_commits
+        self.private = False
+        self._connection: BaseDatabaseWrapper | None = None
+
+    @property
+    def connection(self) -> BaseDatabaseWrapper:
+        assert self._connection is not None, "the session is not open"
+        return self._connection
+
+    async def open(self) -> None:
+        """Choose the connection; Django's (and its transaction) is known on its own thread only."""
+        await sync_to_async(self._choose)()
+        if self.private and self.fast_commits and self.connection.vendor == "postgresql":
+            # Chunks count only once the blob row names them, and that
+            # commit waits for the WAL, chunks included: theirs need not.
+            await self.call(_execute, self.connection, "SET synchronous_commit = off", [])
+
+    async def call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Return function(*args), run where the connection may be used."""
+        return await sync_to_async(function, thread_sensitive=not self.private)(*args)
+
+    async def close(self) -> None:
+        """Close the session's own connection."""
+        connection, self._connection = self._connection, None
+        if connection is not None and self.private:
+            await self.call(connection.close)
+
+    def _choose(self) -> None:
+        shared = connections[self.using]
+        self.private = not (shared.in_atomic_block or _in_memory(shared))
+        if self.private:
+            self._connection = connections.create_connection(self.using)
+            self._connection.inc_thread_sharing()  # used from the thread pool, a call at a time
+        else:
+            self._connection = shared
 
 
 async def _stream(head: bytes, start: int, stop: int, reader: _ChunkReader) -> AsyncIterator[bytes]:
