@@ -12,7 +12,7 @@ import django
 
 async def upload_and_die() -> None:
     from blobstore.storage import ORMStorage
-    from blobstore.storage.orm import CHUNK_SIZE
+    from blobstore.storage.chunked import CHUNK_SIZE
 
     async def chunks() -> AsyncIterator[bytes]:
         yield os.urandom(3 * CHUNK_SIZE)

@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 from django.test import SimpleTestCase
 
-from blobstore.storage.orm import CHUNK_SIZE
+from blobstore.storage.chunked import CHUNK_SIZE
 from tests.live import LiveSite, postgres_database
 from tests.settings import POSTGRES_URL
 

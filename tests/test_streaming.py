@@ -7,9 +7,11 @@ under concurrent readers and writers, cut-off uploads, abandoned chunks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -30,7 +32,7 @@ from blobstore.storage import (
     SQLiteStorage,
     StreamingStorage,
 )
-from blobstore.storage.orm import CHUNK_SIZE
+from blobstore.storage.chunked import CHUNK_SIZE
 
 if TYPE_CHECKING:
     TestCaseMixin = SimpleTestCase
@@ -228,6 +230,17 @@ class SQLiteStreamingTests(StreamingTests, SimpleTestCase):
         directory = tempfile.mkdtemp()
         return SQLiteStorage(Path(directory) / "blobs.sqlite3", **options)
 
+    async def assert_no_stray_chunks(self, store: AnyStorage) -> None:
+        assert isinstance(store, SQLiteStorage)
+        stray = "SELECT count(*) FROM chunks WHERE version NOT IN (SELECT version FROM blobs)"
+        with contextlib.closing(sqlite3.connect(store.database_path)) as db:
+            self.assertEqual(db.execute(stray).fetchone(), (0,))
+
+
+class SQLiteMemoryStreamingTests(StreamingTests, SimpleTestCase):
+    def make_storage(self, **options: Any) -> AnyStorage:
+        return SQLiteStorage(**options)
+
 
 class ORMStreamingTests(StreamingTests, TestCase):
     """ORMStorage inside a test transaction: chunks are read on the test's connection."""
@@ -261,21 +274,31 @@ class ORMPostgreSQLStreamingTests(ORMStreamingTests):
     using = "postgres"
 
 
-class ORMIsolationTests(TransactionTestCase):
+class IsolationTests(TestCaseMixin):
     """Committed data, read on connections of their own, as a server does."""
 
-    databases = {"default", "postgres"}
-    using = "default"
+    storage: SQLiteStorage | ORMStorage
+
+    def make_storage(self) -> SQLiteStorage | ORMStorage:
+        raise NotImplementedError
+
+    async def chunk_versions(self) -> set[str]:
+        """Return the versions that have chunk rows."""
+        raise NotImplementedError
+
+    async def named_versions(self) -> set[str]:
+        """Return the versions that blobs name."""
+        raise NotImplementedError
 
     def setUp(self) -> None:
         super().setUp()
-        self.storage = ORMStorage(using=self.using, max_object_size=None)
+        self.storage = self.make_storage()
+        self.addCleanup(async_to_sync(self.storage.close))
         self.old = os.urandom(LARGE_SIZE)
         self.new = os.urandom(LARGE_SIZE + CHUNK_SIZE)
 
-    async def chunk_versions(self) -> set[Any]:
-        chunks = BlobChunk.objects.using(self.using)
-        return {version async for version in chunks.values_list("version", flat=True)}
+    async def assert_no_stray_chunks(self) -> None:
+        self.assertEqual(await self.chunk_versions(), await self.named_versions())
 
     async def test_reader_sees_the_version_it_opened_while_it_is_replaced(self) -> None:
         await self.storage.set("k", self.old)
@@ -287,8 +310,7 @@ class ORMIsolationTests(TransactionTestCase):
             received += [chunk async for chunk in stream]
         self.assertEqual(b"".join(received), self.old)
         self.assertEqual(await self.storage.get("k"), self.new)
-        row = await Blob.objects.using(self.using).aget(key="k")
-        self.assertEqual(await self.chunk_versions(), {row.version})
+        await self.assert_no_stray_chunks()
 
     async def test_reader_finishes_a_blob_evicted_under_it(self) -> None:
         await self.storage.set("k", self.old)
@@ -301,13 +323,13 @@ class ORMIsolationTests(TransactionTestCase):
         self.assertEqual(b"".join(received), self.old[10:])
         self.assertIsNone(await self.storage.stream("k"))
         self.assertEqual(await self.chunk_versions(), set())
+        await self.assert_no_stray_chunks()
 
     async def test_concurrent_writers_leave_one_whole_blob(self) -> None:
         blobs = [os.urandom(LARGE_SIZE // 2 + n) for n in range(4)]
         await asyncio.gather(*(self.storage.write("k", chunked(blob, 300_000)) for blob in blobs))
         self.assertIn(await self.storage.get("k"), blobs)
-        row = await Blob.objects.using(self.using).aget(key="k")
-        self.assertEqual(await self.chunk_versions(), {row.version})
+        await self.assert_no_stray_chunks()
 
     async def test_cancelled_upload_leaves_the_old_blob_and_no_chunks(self) -> None:
         await self.storage.set("k", self.old)
@@ -326,8 +348,39 @@ class ORMIsolationTests(TransactionTestCase):
         with self.assertRaises(asyncio.CancelledError):
             await upload
         self.assertEqual(await self.storage.get("k"), self.old)
-        row = await Blob.objects.using(self.using).aget(key="k")
-        self.assertEqual(await self.chunk_versions(), {row.version})
+        await self.assert_no_stray_chunks()
+
+
+class SQLiteIsolationTests(IsolationTests, SimpleTestCase):
+    def make_storage(self) -> SQLiteStorage | ORMStorage:
+        self.path = Path(tempfile.mkdtemp()) / "blobs.sqlite3"
+        return SQLiteStorage(self.path, max_object_size=None)
+
+    async def chunk_versions(self) -> set[str]:
+        return {version for (version,) in self.query("SELECT version FROM chunks")}
+
+    async def named_versions(self) -> set[str]:
+        return {v for (v,) in self.query("SELECT version FROM blobs WHERE version IS NOT NULL")}
+
+    def query(self, sql: str) -> list[Any]:
+        with contextlib.closing(sqlite3.connect(self.path)) as db:
+            return db.execute(sql).fetchall()
+
+
+class ORMIsolationTests(IsolationTests, TransactionTestCase):
+    databases = {"default", "postgres"}
+    using = "default"
+
+    def make_storage(self) -> SQLiteStorage | ORMStorage:
+        return ORMStorage(using=self.using, max_object_size=None)
+
+    async def chunk_versions(self) -> set[str]:
+        chunks = BlobChunk.objects.using(self.using).values_list("version", flat=True)
+        return {str(version) async for version in chunks}
+
+    async def named_versions(self) -> set[str]:
+        blobs = Blob.objects.using(self.using).exclude(version=None)
+        return {str(version) async for version in blobs.values_list("version", flat=True)}
 
     def test_upload_of_a_killed_process_is_purged(self) -> None:
         async_to_sync(self.storage.set)("k", self.old)

@@ -1,22 +1,16 @@
 """A storage that keeps blobs in the Blob table through Django's async ORM.
 
-A blob of up to :data:`CHUNK_SIZE` bytes is one ``Blob`` row. A larger blob
-keeps its first chunk in that row and the rest in ``BlobChunk`` rows of a
-version of its own: the chunks are written first, then one short transaction
-points the row at the new version and deletes the old one's chunks. Readers
-therefore see one version whole, and an upload that fails leaves the old
-blob as it was. On PostgreSQL with psycopg 3, chunks travel as binary
-parameters and results, not as hex text.
+Large blobs are a ``Blob`` row and ``BlobChunk`` rows, as
+:mod:`blobstore.storage.chunked` describes. On PostgreSQL with psycopg 3,
+chunks travel as binary parameters and results, not as hex text.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import hashlib
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -27,19 +21,22 @@ from django.utils import timezone
 from blobstore.storage.base import (
     DEFAULT_MAX_OBJECT_SIZE,
     DEFAULT_PAGE_SIZE,
-    BaseStorage,
     BlobInfo,
-    BlobStream,
     BytesLike,
-    Upload,
     once,
     prefix_end,
-    slices,
     validate_digest,
     validate_item,
     validate_key,
     validate_listing,
-    validate_range,
+)
+from blobstore.storage.chunked import CHUNK_SIZE as CHUNK_SIZE  # TEMPORARY re-export
+from blobstore.storage.chunked import (
+    ORPHAN_AGE,
+    ChunkedStorage,
+    ChunkSink,
+    ChunkSource,
+    Version,
 )
 
 if TYPE_CHECKING:
@@ -48,35 +45,14 @@ if TYPE_CHECKING:
 
     from blobstore.models import Blob, BlobChunk
 
-CHUNK_SIZE = 1024 * 1024
-"""The size of every chunk of a blob but the last, in bytes."""
-
 CHUNKS_PER_FETCH = 4
 """How many chunks a stream reads from the database at a time."""
-
-ORPHAN_AGE = datetime.timedelta(hours=1)
-"""How long :meth:`ORMStorage.purge` waits before it takes an upload for abandoned."""
 
 _INFO_FIELDS = ["key", "size", "updated", "sha256"]
 _ATTEMPTS = 5
 
 
-@dataclass(frozen=True, slots=True)
-class _Version:
-    """A blob version about to be committed: its row's values."""
-
-    key: str
-    head: bytes | memoryview
-    size: int
-    sha256: str
-    version: uuid.UUID | None
-    now: datetime.datetime
-
-    def info(self) -> BlobInfo:
-        return BlobInfo(self.key, self.size, self.now, self.sha256)
-
-
-class ORMStorage(BaseStorage):
+class ORMStorage(ChunkedStorage):
     """Keep blobs in :class:`blobstore.models.Blob` rows on the database ``using`` names.
 
     Connections belong to Django, which opens and closes them; ``close()``
@@ -125,14 +101,14 @@ class ORMStorage(BaseStorage):
     async def set(self, key: str, blob: BytesLike) -> None:
         """Store blob under key, replacing any blob already there."""
         data = validate_item(key, blob, self.max_object_size)
-        if len(data) > CHUNK_SIZE:
+        if len(data) > self.chunk_size:
             await self.write(key, once(data))
             return
-        row = _Version(key, data, len(data), hashlib.sha256(data).hexdigest(), None, timezone.now())
+        row = Version(key, data, len(data), hashlib.sha256(data).hexdigest(), None, timezone.now())
         # One statement replaces a blob of one chunk; a chunked one needs a
         # transaction that deletes its chunks too.
         if not await sync_to_async(self._upsert_unchunked)(row):
-            await sync_to_async(self._commit)(row, if_absent=False, if_sha256=None)
+            await self._commit(row, if_absent=False, if_sha256=None)
 
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
@@ -182,92 +158,38 @@ class ORMStorage(BaseStorage):
         validate_digest(sha256)
         return await self.write(key, once(data), if_sha256=sha256) is not None
 
-    async def write(
-        self,
-        key: str,
-        chunks: AsyncIterable[BytesLike],
-        *,
-        if_absent: bool = False,
-        if_sha256: str | None = None,
-    ) -> BlobInfo | None:
-        """Store the concatenated chunks under key; return the new record, or None.
+    async def purge(self, *, older_than: datetime.timedelta = ORPHAN_AGE) -> int:
+        """Delete the chunks of uploads that stopped before committing; return how many."""
+        return await sync_to_async(self._purge)(older_than)
 
-        None means that ``if_absent`` or ``if_sha256`` did not hold; then, as
-        when this raises, the previous blob is left as it was.
-        """
-        validate_key(key)
-        if if_sha256 is not None:
-            validate_digest(if_sha256)
-        upload = Upload(chunks, CHUNK_SIZE, self.max_object_size)
-        pieces = upload.pieces()
-        head = await anext(pieces)
-        version = None
-        session = _Session(self.using, fast_commits=True)
-        # One chunk goes to the database while the next one arrives.
-        inserting: asyncio.Future[None] | None = None
-        try:
-            async for index, piece in _numbered(pieces):
-                if version is None:
-                    await self.purge()
-                    await session.open()
-                    version = uuid.uuid4()
-                if inserting is not None:
-                    await inserting
-                inserting = asyncio.ensure_future(
-                    session.call(self._insert_chunk, session.connection, version, index, piece)
-                )
-            if inserting is not None:
-                await inserting
-            await session.close()
-            row = _Version(key, head, upload.size, upload.sha256, version, timezone.now())
-            stored = await sync_to_async(self._commit)(
-                row, if_absent=if_absent, if_sha256=if_sha256
-            )
-        except BaseException:
-            if inserting is not None:
-                await asyncio.wait([inserting])  # its connection is closed next
-            await session.close()
-            if version is not None:
-                await sync_to_async(self._discard)(version)
-            raise
-        if not stored:
-            if version is not None:
-                await sync_to_async(self._discard)(version)
+    async def _read_head(self, key: str) -> tuple[BlobInfo, bytes, uuid.UUID | None] | None:
+        fields = self.blobs.filter(key=key).values_list(*_INFO_FIELDS, "data", "version")
+        record = await fields.afirst()
+        if record is None:
             return None
-        return row.info()
+        *info, head, version = record
+        return BlobInfo(*info), _bytes(head), version
 
-    async def stream(
-        self, key: str, *, start: int = 0, stop: int | None = None
-    ) -> BlobStream | None:
-        """Open the bytes ``[start, stop)`` of the blob under key as a stream, or return None.
+    async def _open_chunks(self, version: uuid.UUID, first: int, last: int) -> ChunkSource:
+        reader = _ChunkReader(self.using, version, first, last)
+        await reader.open()
+        return reader
 
-        The chunks of a large blob are read by one statement on a connection
-        of the stream's own (in a transaction, on the caller's), so the
-        stream yields the version it found even if the blob is replaced or
-        evicted meanwhile.
-        """
-        validate_key(key)
-        for _ in range(_ATTEMPTS):
-            record = (
-                await self.blobs.filter(key=key)
-                .values_list(*_INFO_FIELDS, "data", "version")
-                .afirst()
-            )
-            if record is None:
-                return None
-            *fields, head, version = record
-            info = BlobInfo(*fields)
-            first, last = validate_range(info.size, start, stop)
-            head = _bytes(head)
-            if version is None or last <= len(head):
-                return BlobStream(info, first, last, slices(head, first, last))
-            reader = _ChunkReader(self.using, version, len(head), first, last)
-            if await reader.open():
-                return BlobStream(info, first, last, _stream(head, first, last, reader))
-        # Only a writer replacing this key over and over gets here.
-        raise RuntimeError(f"The blob {key!r} kept changing while it was being opened.")
+    async def _open_sink(self) -> ChunkSink:
+        sink = _ChunkSink(self.using)
+        await sink.open()
+        return sink
 
-    def _upsert_unchunked(self, row: _Version) -> bool:
+    async def _commit(self, row: Version, *, if_absent: bool, if_sha256: str | None) -> bool:
+        return await sync_to_async(self._commit_now)(row, if_absent=if_absent, if_sha256=if_sha256)
+
+    async def _discard(self, version: uuid.UUID) -> None:
+        await self.chunks.filter(version=version).adelete()
+
+    def _now(self) -> datetime.datetime:
+        return timezone.now()
+
+    def _upsert_unchunked(self, row: Version) -> bool:
         """Insert or replace an unchunked blob in one statement; return False if it is chunked."""
         table, values = self._row_values(row)
         kept = {_quoted(self.using, "key"), _quoted(self.using, "created")}
@@ -279,7 +201,7 @@ class ORMStorage(BaseStorage):
         )
         return bool(_execute(connections[self.using], sql, list(values.values())))
 
-    def _commit(self, row: _Version, *, if_absent: bool, if_sha256: str | None) -> bool:
+    def _commit_now(self, row: Version, *, if_absent: bool, if_sha256: str | None) -> bool:
         """Point key at the row's version if the condition holds; return whether it did."""
         for _ in range(_ATTEMPTS):
             with transaction.atomic(using=self.using):
@@ -302,14 +224,14 @@ class ORMStorage(BaseStorage):
                     return False
                 changes = {"data": row.head, "size": row.size, "sha256": row.sha256}
                 self.blobs.filter(key=row.key).update(
-                    **changes, updated=row.now, version=row.version
+                    **changes, updated=row.updated, version=row.version
                 )
                 if old_version is not None:
                     self.chunks.filter(version=old_version).delete()
                 return True
         raise RuntimeError(f"The blob {row.key!r} kept changing while it was being written.")
 
-    def _insert(self, row: _Version) -> bool:
+    def _insert(self, row: Version) -> bool:
         table, values = self._row_values(row)
         sql = (
             f"INSERT INTO {table} ({', '.join(values)}) VALUES ({_marks(values)}) "
@@ -317,42 +239,18 @@ class ORMStorage(BaseStorage):
         )
         return bool(_execute(connections[self.using], sql, list(values.values())))
 
-    def _row_values(self, row: _Version) -> tuple[str, dict[str, Any]]:
+    def _row_values(self, row: Version) -> tuple[str, dict[str, Any]]:
         """Return the quoted table name and the quoted columns with their database values."""
         values = {
             "key": row.key,
             "data": row.head,
             "size": row.size,
             "sha256": row.sha256,
-            "created": row.now,
-            "updated": row.now,
+            "created": row.updated,
+            "updated": row.updated,
             "version": row.version,
         }
         return _prepared(self.blobs.model, connections[self.using], values)
-
-    def _insert_chunk(
-        self,
-        connection: BaseDatabaseWrapper,
-        version: uuid.UUID,
-        index: int,
-        data: bytes | memoryview,
-    ) -> None:
-        values = {"version": version, "index": index, "data": data, "created": timezone.now()}
-        table, prepared = _prepared(self.chunks.model, connection, values)
-        sql = f"INSERT INTO {table} ({', '.join(prepared)}) VALUES ({_marks(prepared)})"
-        _execute(connection, sql, list(prepared.values()))
-
-    def _discard(self, version: uuid.UUID) -> None:
-        self.chunks.filter(version=version).delete()
-
-    async def purge(self, *, older_than: datetime.timedelta = ORPHAN_AGE) -> int:
-        """Delete the chunks of uploads that stopped before committing; return how many.
-
-        A process killed in the middle of an upload leaves the chunks it had
-        written, which no blob names. Chunks of uploads still under way are
-        kept: only versions whose newest chunk is older than older_than go.
-        """
-        return await sync_to_async(self._purge)(older_than)
 
     def _purge(self, older_than: datetime.timedelta) -> int:
         stale = (
@@ -369,43 +267,35 @@ class ORMStorage(BaseStorage):
 
 
 class _ChunkReader:
-    """The chunks of one version of a blob that cover a byte range, read in order.
+    """The chunks of one version of a blob, from a first to a last number, read in order.
 
     Outside a transaction they are read on a connection of the reader's own,
     by one statement, whose snapshot keeps them readable until the reader is
-    closed whatever writers do meanwhile. Inside the caller's transaction,
-    or on an in-memory database, they are read there.
+    closed whatever writers do meanwhile.
     """
 
-    def __init__(self, using: str, version: uuid.UUID, head_size: int, start: int, stop: int):
-        self.using = using
+    def __init__(self, using: str, version: uuid.UUID, first: int, last: int) -> None:
         self.version = version
-        self.first_index = 1 + max(0, start - head_size) // CHUNK_SIZE
-        self.last_index = 1 + (stop - 1 - head_size) // CHUNK_SIZE
-        self.offset = head_size + (self.first_index - 1) * CHUNK_SIZE
-        """Where the first chunk read starts in the blob."""
+        self.first = first
+        self.last = last
         self.session = _Session(using)
         self.cursor: Any = None
-        self.rows: list[tuple[int, bytes]] = []
+        self.rows: list[bytes] = []
 
-    async def open(self) -> bool:
-        """Start reading; return False if the version is gone, as when the blob was replaced."""
+    async def open(self) -> None:
+        """Run the query."""
         await self.session.open()
         try:
             await self.session.call(self._execute)
         except BaseException:
             await self.close()
             raise
-        if self.rows and self.rows[0][0] == self.first_index:
-            return True
-        await self.close()
-        return False
 
     async def next_chunk(self) -> bytes | None:
         """Return the next chunk, or None after the last."""
         if not self.rows:
             self.rows = await self.session.call(self._fetch)
-        return self.rows.pop(0)[1] if self.rows else None
+        return self.rows.pop(0) if self.rows else None
 
     async def close(self) -> None:
         """Release the cursor and the reader's own connection."""
@@ -422,12 +312,11 @@ class _ChunkReader:
         self.cursor = _cursor(connection, streaming=True)
         with connection.wrap_database_errors:
             self.cursor.execute(*self._query())
-            self.rows = self._fetch()
 
-    def _fetch(self) -> list[tuple[int, bytes]]:
+    def _fetch(self) -> list[bytes]:
         with self.session.connection.wrap_database_errors:
             rows = self.cursor.fetchmany(CHUNKS_PER_FETCH)
-        return [(index, _bytes(data)) for index, data in rows]
+        return [_bytes(data) for (data,) in rows]
 
     def _query(self) -> tuple[str, list[Any]]:
         from blobstore.models import BlobChunk
@@ -436,10 +325,43 @@ class _ChunkReader:
         table, prepared = _prepared(BlobChunk, self.session.connection, values)
         (version, version_value), (index, _), (data, _) = prepared.items()
         sql = (
-            f"SELECT {index}, {data} FROM {table} WHERE {version} = %s "
+            f"SELECT {data} FROM {table} WHERE {version} = %s "
             f"AND {index} BETWEEN %s AND %s ORDER BY {index}"
         )
-        return sql, [version_value, self.first_index, self.last_index]
+        return sql, [version_value, self.first, self.last]
+
+
+class _ChunkSink:
+    """Writes an upload's chunks, on a connection of its own outside a transaction."""
+
+    def __init__(self, using: str) -> None:
+        self.session = _Session(using, fast_commits=True)
+
+    async def open(self) -> None:
+        """Choose the connection."""
+        await self.session.open()
+
+    async def insert(self, version: uuid.UUID, index: int, data: bytes | memoryview) -> None:
+        """Store chunk number index of version."""
+        await self.session.call(self._insert, version, index, data)
+
+    async def close(self) -> None:
+        """Close the sink's own connection."""
+        await self.session.close()
+
+    def _insert(
+        self,
+        version: uuid.UUID,
+        index: int,
+        data: bytes | memoryview,
+    ) -> None:
+        connection = self.session.connection
+        from blobstore.models import BlobChunk
+
+        values = {"version": version, "index": index, "data": data, "created": timezone.now()}
+        table, prepared = _prepared(BlobChunk, connection, values)
+        sql = f"INSERT INTO {table} ({', '.join(prepared)}) VALUES ({_marks(prepared)})"
+        _execute(connection, sql, list(prepared.values()))
 
 
 class _Session:
@@ -488,32 +410,6 @@ class _Session:
             self._connection.inc_thread_sharing()  # used from the thread pool, a call at a time
         else:
             self._connection = shared
-
-
-async def _stream(head: bytes, start: int, stop: int, reader: _ChunkReader) -> AsyncIterator[bytes]:
-    """Yield the bytes [start, stop) of a blob: from its head, then from its chunks."""
-    try:
-        async for piece in slices(head, start, min(stop, len(head))):
-            yield piece
-        offset = reader.offset
-        while offset < stop:
-            chunk = await reader.next_chunk()
-            if chunk is None:
-                raise RuntimeError("A chunk of the blob is missing.")
-            low, high = max(start - offset, 0), min(stop - offset, len(chunk))
-            yield chunk if (low, high) == (0, len(chunk)) else chunk[low:high]
-            offset += len(chunk)
-    finally:
-        await reader.close()
-
-
-async def _numbered(
-    pieces: AsyncIterator[bytes | memoryview],
-) -> AsyncIterator[tuple[int, bytes | memoryview]]:
-    index = 0
-    async for piece in pieces:
-        index += 1
-        yield index, piece
 
 
 def _bytes(data: bytes | memoryview | bytearray) -> bytes:

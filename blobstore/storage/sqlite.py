@@ -1,4 +1,9 @@
-"""A storage that keeps blobs in one SQLite file, through aiosqlite and raw SQL."""
+"""A storage that keeps blobs in one SQLite file, through aiosqlite and raw SQL.
+
+Large blobs are a ``blobs`` row and ``chunks`` rows, as
+:mod:`blobstore.storage.chunked` describes; triggers drop a version's chunks
+in the statement that replaces or deletes its row.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,23 @@ import os
 import pathlib
 import sqlite3
 import time
+import uuid
 
 import aiosqlite
 
 from blobstore.storage.base import (
     DEFAULT_MAX_OBJECT_SIZE,
     DEFAULT_PAGE_SIZE,
-    BaseStorage,
     BlobInfo,
     BytesLike,
-    GatheredStreams,
+    once,
     prefix_end,
     validate_digest,
     validate_item,
     validate_key,
     validate_listing,
 )
+from blobstore.storage.chunked import ORPHAN_AGE, ChunkedStorage, ChunkSink, ChunkSource, Version
 
 MEMORY = ":memory:"
 
@@ -40,23 +46,43 @@ CREATE TABLE IF NOT EXISTS blobs (
     value BLOB NOT NULL,
     size INTEGER NOT NULL,
     updated REAL NOT NULL,
-    sha256 TEXT NOT NULL
+    sha256 TEXT NOT NULL,
+    version TEXT
 );
+CREATE TABLE IF NOT EXISTS chunks (
+    version TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    created REAL NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (version, idx)
+);
+CREATE TRIGGER IF NOT EXISTS blobs_replaced AFTER UPDATE OF version ON blobs
+WHEN OLD.version IS NOT NULL AND OLD.version IS NOT NEW.version
+BEGIN DELETE FROM chunks WHERE version = OLD.version; END;
+CREATE TRIGGER IF NOT EXISTS blobs_deleted AFTER DELETE ON blobs
+WHEN OLD.version IS NOT NULL
+BEGIN DELETE FROM chunks WHERE version = OLD.version; END;
 """
 
-_INSERT = "INSERT INTO blobs (key, value, size, updated, sha256) VALUES (?, ?, ?, ?, ?)"
+_COLUMNS = "key, value, size, updated, sha256, version"
+_INSERT = f"INSERT INTO blobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
 _UPSERT = f"""{_INSERT} ON CONFLICT (key) DO UPDATE
 SET value = excluded.value, size = excluded.size, updated = excluded.updated,
-    sha256 = excluded.sha256"""
+    sha256 = excluded.sha256, version = excluded.version RETURNING 1"""
 _CREATE = f"{_INSERT} ON CONFLICT (key) DO NOTHING RETURNING 1"
-_REPLACE = """UPDATE blobs SET key = ?, value = ?, size = ?, updated = ?, sha256 = ?
+_REPLACE = f"""UPDATE blobs SET ({_COLUMNS}) = (?, ?, ?, ?, ?, ?)
 WHERE key = ? AND sha256 = ? RETURNING 1"""
 _INFO_COLUMNS = "key, size, updated, sha256"
+_CHUNKS = "SELECT data FROM chunks WHERE version = ? AND idx BETWEEN ? AND ? ORDER BY idx"
+_PURGE = """DELETE FROM chunks WHERE version IN (
+    SELECT version FROM chunks GROUP BY version HAVING max(created) < ?
+) AND version NOT IN (SELECT version FROM blobs WHERE version IS NOT NULL)"""
 
 _SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+_CHUNKS_PER_FETCH = 4
 
 
-class SQLiteStorage(GatheredStreams, BaseStorage):
+class SQLiteStorage(ChunkedStorage):
     """Keep blobs in a table of one SQLite database, opened on first use.
 
     Several processes may share one file: it is opened in WAL mode, and a
@@ -126,14 +152,23 @@ class SQLiteStorage(GatheredStreams, BaseStorage):
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """Return the blob for key, or default when there is none."""
         validate_key(key)
-        rows = await self._fetchall("SELECT value FROM blobs WHERE key = ?", (key,))
-        return rows[0][0] if rows else default
+        rows = await self._fetchall("SELECT value, version FROM blobs WHERE key = ?", (key,))
+        if not rows:
+            return default
+        value, version = rows[0]
+        if version is None:
+            return value  # type: ignore[no-any-return]
+        fetched = await self.fetch(key)
+        return default if fetched is None else fetched[1]
 
     async def set(self, key: str, blob: BytesLike) -> None:
         """Store blob under key, replacing any blob already there."""
-        row = _row(key, validate_item(key, blob, self.max_object_size))
-        db = await self.db()
-        await db.execute(_UPSERT, row)
+        data = validate_item(key, blob, self.max_object_size)
+        if len(data) > self.chunk_size:
+            await self.write(key, once(data))
+            return
+        row = Version(key, data, len(data), hashlib.sha256(data).hexdigest(), None, self._now())
+        await self._commit(row, if_absent=False, if_sha256=None)
 
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
@@ -175,21 +210,70 @@ class SQLiteStorage(GatheredStreams, BaseStorage):
 
     async def fetch(self, key: str) -> tuple[BlobInfo, bytes] | None:
         """Return the record and the bytes of the blob stored under key, or None."""
-        validate_key(key)
-        rows = await self._fetchall(
-            f"SELECT {_INFO_COLUMNS}, value FROM blobs WHERE key = ?", (key,)
-        )
-        return (_info(*rows[0][:4]), rows[0][4]) if rows else None
+        stream = await self.stream(key)
+        if stream is None:
+            return None
+        async with stream:
+            return stream.info, await stream.read()
 
     async def create(self, key: str, blob: BytesLike) -> bool:
         """Store blob under key unless a blob is there; return whether it was stored."""
-        row = _row(key, validate_item(key, blob, self.max_object_size))
-        return bool(await self._fetchall(_CREATE, row))
+        data = validate_item(key, blob, self.max_object_size)
+        return await self.write(key, once(data), if_absent=True) is not None
 
     async def replace(self, key: str, blob: BytesLike, *, sha256: str) -> bool:
         """Replace the blob under key if its digest is sha256; return whether it was replaced."""
-        row = _row(key, validate_item(key, blob, self.max_object_size))
-        return bool(await self._fetchall(_REPLACE, (*row, key, validate_digest(sha256))))
+        data = validate_item(key, blob, self.max_object_size)
+        validate_digest(sha256)
+        return await self.write(key, once(data), if_sha256=sha256) is not None
+
+    async def purge(self, *, older_than: datetime.timedelta = ORPHAN_AGE) -> int:
+        """Delete the chunks of uploads that stopped before committing; return how many."""
+        db = await self.db()
+        cursor = await db.execute(_PURGE, (time.time() - older_than.total_seconds(),))
+        await cursor.close()
+        return cursor.rowcount
+
+    async def _read_head(self, key: str) -> tuple[BlobInfo, bytes, uuid.UUID | None] | None:
+        rows = await self._fetchall(
+            f"SELECT {_INFO_COLUMNS}, value, version FROM blobs WHERE key = ?", (key,)
+        )
+        if not rows:
+            return None
+        *info, head, version = rows[0]
+        return _info(*info), head, None if version is None else uuid.UUID(version)
+
+    async def _open_chunks(self, version: uuid.UUID, first: int, last: int) -> ChunkSource:
+        if self.database_path == MEMORY:
+            # No other connection sees this database: read on the one there is.
+            return await _ChunkReader.open(await self.db(), version, first, last, owned=False)
+        # A connection of its own, whose statement keeps a snapshot while it runs.
+        own = await aiosqlite.connect(
+            self.database_path, timeout=self.timeout, isolation_level=None
+        )
+        return await _ChunkReader.open(own, version, first, last, owned=True)
+
+    async def _open_sink(self) -> ChunkSink:
+        return _ChunkSink(await self.db())
+
+    async def _commit(self, row: Version, *, if_absent: bool, if_sha256: str | None) -> bool:
+        values = (
+            row.key,
+            row.head,
+            row.size,
+            row.updated.timestamp(),
+            row.sha256,
+            None if row.version is None else row.version.hex,
+        )
+        if if_absent:
+            return bool(await self._fetchall(_CREATE, values))
+        if if_sha256 is not None:
+            return bool(await self._fetchall(_REPLACE, (*values, row.key, if_sha256)))
+        return bool(await self._fetchall(_UPSERT, values))
+
+    async def _discard(self, version: uuid.UUID) -> None:
+        db = await self.db()
+        await db.execute("DELETE FROM chunks WHERE version = ?", (version.hex,))
 
     async def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         # One hop to aiosqlite's thread, where execute + fetchone + close take three.
@@ -197,8 +281,58 @@ class SQLiteStorage(GatheredStreams, BaseStorage):
         return list(await db.execute_fetchall(sql, params))
 
 
-def _row(key: str, data: bytes | memoryview) -> tuple[str, bytes | memoryview, int, float, str]:
-    return key, data, len(data), time.time(), hashlib.sha256(data).hexdigest()
+class _ChunkReader:
+    """The chunk rows of one version, read by one statement."""
+
+    def __init__(self, db: aiosqlite.Connection, cursor: aiosqlite.Cursor, *, owned: bool) -> None:
+        self.db = db
+        self.cursor = cursor
+        self.owned = owned
+        self.rows: list[bytes] = []
+
+    @classmethod
+    async def open(
+        cls, db: aiosqlite.Connection, version: uuid.UUID, first: int, last: int, *, owned: bool
+    ) -> _ChunkReader:
+        """Start reading the chunks numbered first to last of version on db."""
+        try:
+            cursor = await db.execute(_CHUNKS, (version.hex, first, last))
+        except BaseException:
+            if owned:
+                await db.close()
+            raise
+        return cls(db, cursor, owned=owned)
+
+    async def next_chunk(self) -> bytes | None:
+        """Return the next chunk, or None after the last."""
+        if not self.rows:
+            self.rows = [data for (data,) in await self.cursor.fetchmany(_CHUNKS_PER_FETCH)]
+        return self.rows.pop(0) if self.rows else None
+
+    async def close(self) -> None:
+        """Finish the statement, and close the connection if it is the reader's own."""
+        try:
+            await self.cursor.close()
+        finally:
+            if self.owned:
+                await self.db.close()
+
+
+class _ChunkSink:
+    """Writes an upload's chunk rows, each committed by itself."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    async def insert(self, version: uuid.UUID, index: int, data: bytes | memoryview) -> None:
+        """Store chunk number index of version."""
+        await self.db.execute(
+            "INSERT INTO chunks (version, idx, created, data) VALUES (?, ?, ?, ?)",
+            (version.hex, index, time.time(), data),
+        )
+
+    async def close(self) -> None:
+        """Nothing to release: the storage's connection stays open."""
 
 
 def _info(key: str, size: int, updated: float, sha256: str) -> BlobInfo:
