@@ -10,6 +10,7 @@ import time
 from blobstore.storage.base import (
     DEFAULT_MAX_OBJECT_SIZE,
     DEFAULT_PAGE_SIZE,
+    MAX_KEY_LENGTH,
     BaseStorage,
     BlobInfo,
     BytesLike,
@@ -43,7 +44,21 @@ class DictStorage(GatheredStreams, BaseStorage):
 
     async def set(self, key: str, blob: BytesLike) -> None:
         """Store blob under key, replacing any blob already there."""
-        self._store(key, validate_item(key, blob, self.max_object_size))
+        limit = self.max_object_size
+        # The common case, checked inline: a call to a validator would cost
+        # as much as the store itself. validate_item() decides the rest.
+        if (
+            type(key) is str
+            and type(blob) is bytes
+            and 0 < len(key) <= MAX_KEY_LENGTH
+            and key.isascii()
+            and "\x00" not in key
+            and (limit is None or len(blob) <= limit)
+        ):
+            self._data[key] = blob
+            self._meta[key] = (time.time(), None)
+        else:
+            self._store(key, validate_item(key, blob, limit))
 
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
