@@ -69,6 +69,7 @@ class ORMStorage(ChunkedStorage):
         if not isinstance(using, str):
             raise TypeError(f"using must be a database alias (a str), not {type(using).__name__}.")
         self.using = using
+        self._head_sql: str | None = None
 
     @property
     def blobs(self) -> QuerySet[Blob]:
@@ -89,10 +90,10 @@ class ORMStorage(ChunkedStorage):
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """Return the blob for key, or default when there is none."""
         validate_key(key)
-        row = await self.blobs.filter(key=key).values_list("data", "version").afirst()
-        if row is None:
+        rows = await sync_to_async(self._select_head)(key)
+        if not rows:
             return default
-        head, version = row
+        head, version = rows[0]
         if version is None:
             return _bytes(head)
         fetched = await self.fetch(key)
@@ -188,6 +189,16 @@ class ORMStorage(ChunkedStorage):
 
     def _now(self) -> datetime.datetime:
         return timezone.now()
+
+    def _select_head(self, key: str) -> list[tuple[bytes, Any]]:
+        # Raw SQL, built once: compiling the query would cost more than running it.
+        if self._head_sql is None:
+            table, (data, version) = _prepared(
+                self.blobs.model, connections[self.using], {"data": b"", "version": None}
+            )
+            key_column = _quoted(self.using, "key")
+            self._head_sql = f"SELECT {data}, {version} FROM {table} WHERE {key_column} = %s"
+        return _execute(connections[self.using], self._head_sql, [key])
 
     def _upsert_unchunked(self, row: Version) -> bool:
         """Insert or replace an unchunked blob in one statement; return False if it is chunked."""
