@@ -37,6 +37,8 @@ from blobstore.storage import BlobInfo, BlobStream, StreamingStorage, storages
 from blobstore.storage.base import DEFAULT_PAGE_SIZE
 
 MAX_PAGE_SIZE = 1000
+OPEN_ATTEMPTS = 5
+"""How often a range is looked for while the blob keeps being replaced."""
 
 # Served blobs are data, never a page: no sniffing, no rendering, no scripts.
 SAFE_HEADERS = {
@@ -107,22 +109,26 @@ class BlobView(APIView):
     """``/<key>``: the blob's bytes (GET, HEAD), a new version (PUT), its removal (DELETE)."""
 
     async def get(self, request: HttpRequest, key: str) -> HttpResponseBase:
-        stream = await storage().stream(checked_key(key))
-        if stream is None:
-            raise BadRequest(404, f"No blob has the key {key!r}.")
-        info = stream.info
-        conditional = _conditional(request, info)
-        byte_range = None if conditional else _requested_range(request, info)
-        if conditional or byte_range:
+        checked_key(key)
+        for _ in range(OPEN_ATTEMPTS):
+            stream = await storage().stream(key)
+            if stream is None:
+                raise BadRequest(404, f"No blob has the key {key!r}.")
+            info = stream.info
+            conditional = _conditional(request, info)
+            byte_range = None if conditional else _requested_range(request, info)
+            if conditional is None and byte_range is None:
+                return _with_blob_headers(await blob_response(stream), info)
             await stream.aclose()
-        if conditional:
-            return conditional
-        if byte_range:
-            stream = await _open_range(key, info, *byte_range)
-        response = await blob_response(stream, 206 if byte_range else 200)
-        if byte_range:
-            response["Content-Range"] = f"bytes {stream.start}-{stream.stop - 1}/{info.size}"
-        return _with_blob_headers(response, info)
+            if conditional is not None:
+                return conditional
+            assert byte_range is not None
+            ranged = await _open_range(key, info, *byte_range)
+            if ranged is not None:
+                response = await blob_response(ranged, 206)
+                response["Content-Range"] = f"bytes {ranged.start}-{ranged.stop - 1}/{info.size}"
+                return _with_blob_headers(response, info)
+        raise BadRequest(409, f"The blob {key!r} kept changing while it was being read.")
 
     async def head(self, request: HttpRequest, key: str) -> HttpResponseBase:
         info = await storage().stat(checked_key(key))
@@ -150,13 +156,12 @@ class BlobView(APIView):
         return HttpResponse(status=204)
 
 
-async def _open_range(key: str, info: BlobInfo, start: int, stop: int) -> BlobStream:
-    """Open the range of the version that info describes, or raise 412 if it was replaced."""
+async def _open_range(key: str, info: BlobInfo, start: int, stop: int) -> BlobStream | None:
+    """Open the range of the version that info describes, or return None if it was replaced."""
     stream = await storage().stream(key, start=start, stop=stop)
-    if stream is None or stream.info.sha256 != info.sha256:
-        if stream is not None:
-            await stream.aclose()
-        raise BadRequest(412, "The blob changed while the range was being opened; ask again.")
+    if stream is not None and stream.info.sha256 != info.sha256:
+        await stream.aclose()
+        return None
     return stream
 
 
