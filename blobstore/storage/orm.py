@@ -203,8 +203,7 @@ class ORMStorage(ChunkedStorage):
     def _upsert_unchunked(self, row: Version) -> bool:
         """Insert or replace an unchunked blob in one statement; return False if it is chunked."""
         table, values = self._row_values(row)
-        kept = {_quoted(self.using, "key"), _quoted(self.using, "created")}
-        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in values if c not in kept)
+        updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self._replaced(values))
         sql = (
             f"INSERT INTO {table} ({', '.join(values)}) VALUES ({_marks(values)}) "
             f"ON CONFLICT ({_quoted(self.using, 'key')}) DO UPDATE SET {updates} "
@@ -233,10 +232,7 @@ class ORMStorage(ChunkedStorage):
                 old_version, sha256 = current
                 if if_absent or (if_sha256 is not None and sha256 != if_sha256):
                     return False
-                changes = {"data": row.head, "size": row.size, "sha256": row.sha256}
-                self.blobs.filter(key=row.key).update(
-                    **changes, updated=row.updated, version=row.version
-                )
+                self._update(row)
                 if old_version is not None:
                     self.chunks.filter(version=old_version).delete()
                 return True
@@ -249,6 +245,18 @@ class ORMStorage(ChunkedStorage):
             f"ON CONFLICT ({_quoted(self.using, 'key')}) DO NOTHING RETURNING 1"
         )
         return bool(_execute(connections[self.using], sql, list(values.values())))
+
+    def _update(self, row: Version) -> None:
+        table, values = self._row_values(row)
+        replaced = self._replaced(values)
+        key = _quoted(self.using, "key")
+        sql = f"UPDATE {table} SET {', '.join(f'{c} = %s' for c in replaced)} WHERE {key} = %s"
+        _execute(connections[self.using], sql, [*(values[c] for c in replaced), values[key]])
+
+    def _replaced(self, values: dict[str, Any]) -> list[str]:
+        """Return the columns that a new version of a blob changes: all but key and created."""
+        kept = {_quoted(self.using, "key"), _quoted(self.using, "created")}
+        return [column for column in values if column not in kept]
 
     def _row_values(self, row: Version) -> tuple[str, dict[str, Any]]:
         """Return the quoted table name and the quoted columns with their database values."""
