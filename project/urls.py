@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
-from django.views.generic import RedirectView
+
+from project import views
 
 urlpatterns = [
-    path("", RedirectView.as_view(pattern_name="admin:index"), name="home"),
+    path("", views.home, name="home"),
     path("admin/", admin.site.urls),
     path("blobs/", include("blobstore.urls")),
     path("", include("blobstore.contrib.proxystore.urls")),

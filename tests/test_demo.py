@@ -20,8 +20,11 @@ class DemoSiteTests(SimpleTestCase):
         self.addCleanup(self.client_.close)
 
     def test_home_leads_to_a_login_that_works(self) -> None:
-        page = self.client_.get("/")
-        self.assertEqual(page.status_code, 200)
+        home = self.client_.get("/")
+        self.assertEqual(home.status_code, 200)
+        self.assertIn("Log in as <strong>admin</strong> with password", home.text)
+        self.assertIn('href="/admin/blobstore/blob/"', home.text)
+        page = self.client_.get("/admin/blobstore/blob/")
         self.assertIn("/admin/login/", str(page.url))
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
         assert token is not None

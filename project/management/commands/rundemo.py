@@ -28,7 +28,7 @@ class Command(BaseCommand):
         self.ensure_demo_user()
         self.stdout.write(
             self.style.SUCCESS(
-                f"Demo site: http://{host}:{port}/admin/  "
+                f"Demo site: http://{host}:{port}/  "
                 f"(log in as {DEMO_USERNAME!r} with password {DEMO_PASSWORD!r})"
             )
         )

@@ -1,0 +1,127 @@
+"""The blob admin's forms: upload a file under a key, or replace a blob's data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django import forms
+from django.core.exceptions import ValidationError
+from django.core.files.uploadedfile import UploadedFile
+from django.template.defaultfilters import filesizeformat
+from django.utils import timezone
+from django.utils.formats import localize, number_format
+from django.utils.translation import gettext
+from django.utils.translation import gettext_lazy as _
+
+from blobstore.admin_views import blob_storage
+from blobstore.models import Blob
+from blobstore.storage import MAX_KEY_LENGTH, ORMStorage
+from blobstore.storage.base import validate_key
+
+
+class BlobUploadForm(forms.ModelForm):  # type: ignore[type-arg]
+    """Take a file for a blob, refusing one over the storage's size limit."""
+
+    file = forms.FileField(label=_("File"), allow_empty_file=True)
+
+    class Meta:
+        model = Blob
+        fields: list[str] = []
+
+    @property
+    def storage(self) -> ORMStorage:
+        """Return the storage that keeps the blob this form writes."""
+        return blob_storage(self.instance._state.db)
+
+    def clean_file(self) -> UploadedFile[bytes] | None:
+        upload: UploadedFile[bytes] | None = self.cleaned_data["file"]
+        limit = self.storage.max_object_size
+        if upload is not None and limit is not None and (upload.size or 0) > limit:
+            raise ValidationError(
+                gettext("The file has %(size)s; blobs here may have at most %(limit)s.")
+                % {"size": size_in_bytes(upload.size or 0), "limit": size_in_bytes(limit)},
+                code="too_large",
+            )
+        return upload
+
+
+class BlobAddForm(BlobUploadForm):
+    """Upload a file under a key, which defaults to the file's name."""
+
+    key = forms.CharField(
+        label=_("Key"),
+        required=False,
+        strip=False,  # spaces are part of a key
+        max_length=MAX_KEY_LENGTH,
+        help_text=_("Leave empty to use the file's name."),
+    )
+    overwrite = forms.BooleanField(
+        label=_("Replace an existing blob"),
+        required=False,
+        help_text=_(
+            "Tick to replace a blob already stored under this key. Left unticked, an "
+            "existing key is refused with a warning."
+        ),
+    )
+
+    class Meta(BlobUploadForm.Meta):
+        fields = ["key"]
+
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        cleaned = self.cleaned_data
+        upload = cleaned.get("file")
+        if upload is None or "key" not in cleaned:
+            return cleaned
+        key = cleaned["key"] = cleaned["key"] or upload.name or ""
+        try:
+            validate_key(key)
+        except ValueError as error:
+            self.add_error("key", str(error))
+            return cleaned
+        if not cleaned.get("overwrite"):
+            self._refuse_existing(key)
+        return cleaned
+
+    def validate_unique(self) -> None:
+        """Leave an existing key to clean(), which offers to replace its blob."""
+
+    def _refuse_existing(self, key: str) -> None:
+        existing = async_to_sync(self.storage.stat)(key)
+        if existing is None:
+            return
+        self.add_error(
+            "key",
+            ValidationError(
+                gettext(
+                    "A blob of %(size)s, updated %(updated)s, is already stored under this "
+                    "key. To replace it, tick “Replace an existing blob” and choose the "
+                    "file again."
+                )
+                % {
+                    "size": filesizeformat(existing.size),
+                    "updated": localize(timezone.localtime(existing.updated)),
+                },
+                code="exists",
+            ),
+        )
+
+
+class BlobChangeForm(BlobUploadForm):
+    """Replace a blob's data with a file, or change nothing."""
+
+    file = forms.FileField(
+        label=_("Replace the data"),
+        required=False,
+        allow_empty_file=True,
+        help_text=_("Upload a file to store it under this key in place of the current data."),
+    )
+
+
+def size_in_bytes(size: int) -> str:
+    """Return size for people, and in bytes too when it is rounded."""
+    rounded = filesizeformat(size)
+    if size < 1024:  # filesizeformat counts bytes exactly up to here
+        return rounded
+    return f"{rounded} ({number_format(size, force_grouping=True)} bytes)"

@@ -1,0 +1,184 @@
+"""What the blob admin serves besides pages: downloads, images and zip archives, streamed."""
+
+from __future__ import annotations
+
+import asyncio
+import zipfile
+from collections.abc import AsyncIterator, Iterable
+
+from django.core.files.uploadedfile import UploadedFile
+from django.db import router
+from django.http import StreamingHttpResponse
+from django.utils import timezone
+from django.utils.http import content_disposition_header
+
+from blobstore.models import Blob
+from blobstore.preview import image_type
+from blobstore.storage import BlobInfo, BlobStream, ORMStorage, storages
+from blobstore.storage.base import STREAM_CHUNK_SIZE
+
+# Blob bytes are never a page for the browser: no sniffing, no scripts, no plugins.
+_DATA_CSP = "default-src 'none'; sandbox"
+# An image opened on its own is still a document: it may show itself, nothing more.
+_IMAGE_CSP = "default-src 'none'; img-src 'self'; sandbox"
+
+
+def blob_storage(using: str | None) -> ORMStorage:
+    """Return the configured ORMStorage on database using, or one with the default options.
+
+    The admin edits Blob rows, so it goes through an ORMStorage on their
+    database (None: the one new rows go to); taking the configured one
+    applies its options, such as the size limit.
+    """
+    using = using or router.db_for_write(Blob)
+    for alias in storages.backends:
+        store = storages[alias]
+        if isinstance(store, ORMStorage) and store.using == using:
+            return store
+    return ORMStorage(using=using)
+
+
+async def read_head(store: ORMStorage, key: str, length: int) -> tuple[BlobInfo, bytes] | None:
+    """Return the record and the first length bytes of the blob under key, or None."""
+    stream = await store.stream(key, stop=length)
+    if stream is None:
+        return None
+    async with stream:
+        return stream.info, await stream.read()
+
+
+async def open_image(store: ORMStorage, key: str) -> tuple[BlobStream, str] | None:
+    """Open the blob under key with its MIME type if it is a PNG, JPEG, GIF or WebP image."""
+    head = await read_head(store, key, 16)
+    if head is None or (content_type := image_type(head[1])) is None:
+        return None
+    stream = await store.stream(key)
+    if stream is None:
+        return None
+    if stream.info.sha256 != head[0].sha256:  # replaced between the two reads
+        await stream.aclose()
+        return None
+    return stream, content_type
+
+
+async def upload_chunks(upload: UploadedFile[bytes]) -> AsyncIterator[bytes]:
+    """Yield an uploaded file in chunks, as the storage's write() takes them."""
+    # The upload is in memory or a local temporary file: reads are quick.
+    for chunk in upload.chunks(STREAM_CHUNK_SIZE):
+        yield chunk
+
+
+def download_response(stream: BlobStream) -> StreamingHttpResponse:
+    """Return a response that streams the blob as an attachment named after its key."""
+    response = _streamed(stream, "application/octet-stream", _DATA_CSP)
+    response["Content-Disposition"] = content_disposition_header(
+        as_attachment=True, filename=download_name(stream.info.key)
+    )
+    return response
+
+
+def image_response(stream: BlobStream, content_type: str) -> StreamingHttpResponse:
+    """Return a response that streams an image for an ``<img>`` in the admin."""
+    response = _streamed(stream, content_type, _IMAGE_CSP)
+    response["Content-Disposition"] = "inline"
+    return response
+
+
+def zip_response(store: ORMStorage, keys: list[str]) -> StreamingHttpResponse:
+    """Return a response that streams a zip archive of the blobs under keys."""
+    response = StreamingHttpResponse(zip_chunks(store, keys), content_type="application/zip")
+    response["Content-Disposition"] = content_disposition_header(
+        as_attachment=True, filename="blobs.zip"
+    )
+    _protect(response, _DATA_CSP)
+    return response
+
+
+def download_name(key: str) -> str:
+    """Return the file name to save a blob as: the last segment of its key."""
+    return key.rstrip("/").rsplit("/", 1)[-1] or "blob"
+
+
+def zip_entry_names(keys: Iterable[str]) -> list[str]:
+    """Return, for each key, a zip entry name that extracts inside the target folder.
+
+    Keys are not paths: "/" or "..", empty and "." segments, and backslashes
+    (a separator on Windows) would let an archive write outside the folder it
+    is extracted into, so those segments become "_".
+    """
+    names = []
+    for key in keys:
+        segments = key.replace("\\", "/").split("/")
+        names.append("/".join("_" if s in ("", ".", "..") else s for s in segments))
+    return names
+
+
+async def zip_chunks(store: ORMStorage, keys: list[str]) -> AsyncIterator[bytes]:
+    """Yield a zip archive of the blobs under keys, one bounded piece at a time."""
+    sink = _Sink()
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for key, name in zip(keys, zip_entry_names(keys), strict=True):
+            stream = await store.stream(key)
+            if stream is None:  # evicted since it was selected
+                continue
+            async with stream:
+                with archive.open(_zip_info(name, stream), "w") as entry:
+                    async for chunk in stream:
+                        # Deflating a chunk takes milliseconds: not on the event loop.
+                        await asyncio.to_thread(entry.write, chunk)
+                        if piece := sink.drain():
+                            yield piece
+            yield sink.drain()  # the end of the entry: deflate's last bytes, its sizes and CRC
+    yield sink.drain()  # the central directory
+
+
+def _zip_info(name: str, stream: BlobStream) -> zipfile.ZipInfo:
+    updated = timezone.localtime(stream.info.updated)
+    info = zipfile.ZipInfo(name, date_time=updated.timetuple()[:6])
+    info.compress_type = zipfile.ZIP_DEFLATED
+    info.external_attr = 0o644 << 16  # a plain file, readable by all
+    # zipfile picks ZIP64 headers from the announced size; it checks the real one.
+    info.file_size = stream.length
+    return info
+
+
+class _Sink:
+    """A write-only file that keeps what zipfile writes until it is drained."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def write(self, data: bytes, /) -> int:
+        self._buffer += data
+        return len(data)
+
+    def flush(self) -> None:
+        """Keep everything for drain(): there is nowhere to flush to."""
+
+    def close(self) -> None:
+        """Keep everything for drain(): the archive's end is drained last."""
+
+    def drain(self) -> bytes:
+        """Return and forget what was written since the last drain."""
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+
+def _streamed(stream: BlobStream, content_type: str, csp: str) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(_chunks(stream), content_type=content_type)
+    response["Content-Length"] = str(stream.length)
+    _protect(response, csp)
+    return response
+
+
+async def _chunks(stream: BlobStream) -> AsyncIterator[bytes]:
+    async with stream:
+        async for chunk in stream:
+            yield chunk
+
+
+def _protect(response: StreamingHttpResponse, csp: str) -> None:
+    response["Content-Security-Policy"] = csp
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Cross-Origin-Resource-Policy"] = "same-origin"
