@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connections
 from django.test import SimpleTestCase, TestCase, TransactionTestCase
 
@@ -403,6 +403,22 @@ class ORMIsolationTests(IsolationTests, TransactionTestCase):
 
 class ORMPostgreSQLIsolationTests(ORMIsolationTests):
     using = "postgres"
+
+    async def test_stream_closed_unread_releases_its_connection(self) -> None:
+        await self.storage.set("k", self.old)
+        for _ in range(3):
+            stream = await self.storage.stream("k", start=CHUNK_SIZE + 1)
+            assert stream is not None
+            await stream.aclose()
+        self.assertEqual(await sync_to_async(self.transactions_left_open)(), 0)
+
+    def transactions_left_open(self) -> int:
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state LIKE 'idle in transaction%%'"
+            )
+            return int(cursor.fetchone()[0])
 
 
 def _url(settings: dict[str, Any]) -> str:

@@ -62,7 +62,7 @@ import datetime
 import hashlib
 import io
 import sys
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -166,11 +166,21 @@ class BlobStream:
     release what the storage holds open for it.
     """
 
-    def __init__(self, info: BlobInfo, start: int, stop: int, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(
+        self,
+        info: BlobInfo,
+        start: int,
+        stop: int,
+        chunks: AsyncIterator[bytes],
+        *,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.info = info
         self.start = start
         self.stop = stop
         self._chunks = chunks
+        # Releases what was opened for the chunks, even if they were never read.
+        self._on_close = on_close
 
     @property
     def length(self) -> int:
@@ -190,8 +200,12 @@ class BlobStream:
     async def aclose(self) -> None:
         """Stop reading and release what the storage holds for the stream."""
         aclose = getattr(self._chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        try:
+            if aclose is not None:
+                await aclose()
+        finally:
+            if self._on_close is not None:
+                await self._on_close()
 
     async def __aenter__(self) -> Self:
         return self

@@ -79,7 +79,7 @@ class ChunkSource(Protocol):
         ...
 
     async def close(self) -> None:
-        """Release what the source holds."""
+        """Release what the source holds; closing again does nothing."""
         ...
 
 
@@ -159,7 +159,8 @@ class ChunkedStorage(BaseStorage):
             source = await self._open_chunks(version, span.first_index, span.last_index)
             chunk = await source.next_chunk()
             if chunk is not None:
-                return BlobStream(info, first, last, _assemble(head, span, chunk, source))
+                chunks = _assemble(head, span, chunk, source)
+                return BlobStream(info, first, last, chunks, on_close=source.close)
             await source.close()  # the version is gone: the blob was replaced; look again
         # Only a writer replacing this key over and over gets here.
         raise RuntimeError(f"The blob {key!r} kept changing while it was being opened.")

@@ -30,7 +30,6 @@ from blobstore.storage.base import (
     validate_key,
     validate_listing,
 )
-from blobstore.storage.chunked import CHUNK_SIZE as CHUNK_SIZE  # TEMPORARY re-export
 from blobstore.storage.chunked import (
     ORPHAN_AGE,
     ChunkedStorage,

@@ -288,6 +288,7 @@ class _ChunkReader:
         self.db = db
         self.cursor = cursor
         self.owned = owned
+        self.closed = False
         self.rows: list[bytes] = []
 
     @classmethod
@@ -311,6 +312,9 @@ class _ChunkReader:
 
     async def close(self) -> None:
         """Finish the statement, and close the connection if it is the reader's own."""
+        if self.closed:
+            return
+        self.closed = True
         try:
             await self.cursor.close()
         finally:

@@ -1,38 +1,99 @@
-"""``manage.py blobstore SUBCOMMAND``: blobstore's command-line tools."""
+"""``manage.py blobstore SUBCOMMAND``: blobstore's command-line tools.
+
+``token`` and ``proxystore-config`` set up access; ``put``, ``get``, ``ls``,
+``rm``, ``cp`` and ``stats`` work on the storages of ``BLOBSTORE_STORAGES``.
+Blobs move in chunks of 1 MiB, never whole, and a transfer that takes a while
+shows a progress bar on standard error when that is a terminal.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import datetime
+import hashlib
+import io
+import json
 import os
 import re
+import secrets
+import stat
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, TextIO, cast
 
+from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
+from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connections
+from django.db.models import Count, Sum
 
 from blobstore.contrib.proxystore import endpoint_uuid
+from blobstore.exceptions import ObjectSizeExceededError
+from blobstore.management.progress import Progress
 from blobstore.models import APIToken
+from blobstore.storage import (
+    BlobInfo,
+    BlobStream,
+    ListingStorage,
+    ORMStorage,
+    Storage,
+    StreamingStorage,
+    storages,
+)
+from blobstore.storage.base import STREAM_CHUNK_SIZE, validate_key
 
 # ProxyStore's own rule for endpoint names.
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
+CHUNK_SIZE = STREAM_CHUNK_SIZE
+"""How much of a file is read at a time, in bytes (1 MiB)."""
+
+PAGE_SIZE = 1000
+"""How many records one listing call asks for."""
+
+STDIO = "-"
+
 
 class Command(BaseCommand):
-    help = "blobstore's tools: API tokens and ProxyStore endpoint configuration."
+    help = (
+        "blobstore's tools: API tokens, ProxyStore endpoint configuration, and blobs in "
+        "the storages of BLOBSTORE_STORAGES (put, get, ls, rm, cp, stats)."
+    )
+    # call_command("blobstore", "put", KEY, "-", stdin=a_binary_file) reads that instead.
+    stealth_options = ("stdin",)
+
+    progress_delay = 0.5
+    """Seconds a transfer runs before its progress bar appears (on a terminal only)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.standalone = False
+        self.opened: dict[str, Storage] = {}
 
     def add_arguments(self, parser: CommandParser) -> None:
-        subcommands = parser.add_subparsers(dest="subcommand", required=True)
+        subcommands = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
 
-        token = subcommands.add_parser(
-            "token", help="Create an API token for a user and print it, once."
-        )
+        def add(name: str, summary: str, description: str = "") -> CommandParser:
+            return subcommands.add_parser(name, help=summary, description=description or summary)
+
+        def storage_option(subparser: CommandParser, default: str | None = "default") -> None:
+            subparser.add_argument(
+                "--storage",
+                default=default,
+                metavar="ALIAS",
+                help="The alias of BLOBSTORE_STORAGES to use"
+                + (f" (default: {default!r})." if default else " (default: every alias)."),
+            )
+
+        token = add("token", "Create an API token for a user and print it, once.")
         token.add_argument("username")
         token.add_argument("--name", default="", help="What the token is for.")
 
-        config = subcommands.add_parser(
+        config = add(
             "proxystore-config",
-            help="Write the ProxyStore endpoint config.toml that lets EndpointConnector "
-            "find this site.",
+            "Write the ProxyStore endpoint config.toml that lets EndpointConnector find this site.",
         )
         config.add_argument("name", help="The endpoint's name (letters, digits, - and _).")
         config.add_argument("--host", required=True, help="The host the site answers on.")
@@ -43,13 +104,102 @@ class Command(BaseCommand):
             "else $XDG_DATA_HOME/proxystore or ~/.local/share/proxystore).",
         )
 
+        put = add(
+            "put",
+            "Store a file, or standard input, as a blob.",
+            "Store FILE (or standard input, for -) under KEY, streamed in 1 MiB chunks; a blob "
+            "already there is replaced once the whole new one is in. Nothing is stored when the "
+            "input is over the storage's max_object_size or cannot be read to the end.",
+        )
+        put.add_argument("key", metavar="KEY", help="The key to store the blob under.")
+        put.add_argument("file", metavar="FILE", help="The file to store, or - for standard input.")
+        storage_option(put)
+
+        get = add(
+            "get",
+            "Write a blob to a file, or to standard output.",
+            "Write the blob stored under KEY to FILE (by default, or for -, to standard output), "
+            "streamed in 1 MiB chunks and checked against its SHA-256. A FILE appears only "
+            "when the whole blob is in it.",
+        )
+        get.add_argument("key", metavar="KEY", help="The key of the blob.")
+        get.add_argument(
+            "file", metavar="FILE", nargs="?", default=STDIO, help="Where to write (default: -)."
+        )
+        storage_option(get)
+
+        ls = add(
+            "ls",
+            "List the keys of a storage.",
+            "Print the keys of a storage in key order (by code point), one a line; with --long, "
+            "each key's size in bytes, update time (UTC) and SHA-256 before it.",
+        )
+        ls.add_argument("--prefix", default="", help="Only keys that start with PREFIX.")
+        ls.add_argument(
+            "-l", "--long", action="store_true", help="Print size, updated time and SHA-256."
+        )
+        storage_option(ls)
+
+        rm = add(
+            "rm",
+            "Remove blobs.",
+            "Remove the blobs stored under the KEYs; keys with no blob are reported on standard "
+            "error (that is no error, as for the protocol's evict).",
+        )
+        rm.add_argument("keys", metavar="KEY", nargs="+", help="The keys of the blobs.")
+        storage_option(rm)
+
+        cp = add(
+            "cp",
+            "Copy every blob from one storage to another.",
+            "Copy every blob (or every blob under --prefix) of the storage --from to the storage "
+            "--to, streamed, replacing blobs of the same key there. Nothing is copied when a "
+            "blob is over the target's max_object_size.",
+        )
+        cp.add_argument(
+            "--from", dest="source", required=True, metavar="ALIAS", help="The storage to read."
+        )
+        cp.add_argument(
+            "--to", dest="target", required=True, metavar="ALIAS", help="The storage to write."
+        )
+        cp.add_argument("--prefix", default="", help="Only keys that start with PREFIX.")
+
+        stats = add(
+            "stats",
+            "Count the blobs and bytes of each storage.",
+            "For each storage alias: how many blobs, how many bytes, the largest blob and, for "
+            "ORMStorage, how many chunk rows (and how many of them no blob names: uploads in "
+            "progress, or left over).",
+        )
+        storage_option(stats, default=None)
+        stats.add_argument("--json", action="store_true", help="Print the figures as JSON.")
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        # Run as a program, the command closes the storages it opened (an open
+        # SQLite connection would keep the process alive); called from code,
+        # it leaves the shared instances of `storages` to their owner.
+        self.standalone = True
+        super().run_from_argv(argv)
+
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
         if subcommand == "token":
             self.create_token(options["username"], options["name"])
-        else:
+        elif subcommand == "proxystore-config":
             self.write_proxystore_config(
                 options["name"], options["host"], options["port"], options["proxystore_home"]
             )
+        else:
+            work: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, None]]] = {
+                "put": self.put,
+                "get": self.get,
+                "ls": self.list_keys,
+                "rm": self.remove,
+                "cp": self.copy,
+                "stats": self.stats,
+            }
+            self.run(work[subcommand](options))
+
+    # token and proxystore-config
 
     def create_token(self, username: str, name: str) -> None:
         users = get_user_model()._default_manager
@@ -79,6 +229,393 @@ class Command(BaseCommand):
             f"port = {port}\n"
         )
         self.stdout.write(f"Wrote {path} for endpoint {endpoint_uuid()}.")
+
+    # The storage subcommands
+
+    def run(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work to the end, then close the storages it opened when run as a program."""
+
+        async def closing() -> None:
+            try:
+                await work
+            finally:
+                if self.standalone:
+                    for store in self.opened.values():
+                        await store.close()
+                self.opened.clear()
+
+        try:
+            if self.standalone:
+                # In the main thread, so that Ctrl-C cancels the transfer
+                # (an upload cut off stores nothing).
+                asyncio.run(closing())
+            else:
+                # On the caller's thread and database connections.
+                async_to_sync(closing)()
+        except (ImproperlyConfigured, ValueError) as error:
+            raise CommandError(str(error)) from error
+        except KeyboardInterrupt:
+            raise CommandError("Interrupted.") from None
+
+    async def put(self, options: dict[str, Any]) -> None:
+        key = _checked_key(options["key"])
+        store = self.streaming_storage(options["storage"])
+        name = options["file"]
+        limit = getattr(store, "max_object_size", None)
+        source = self.open_input(name, options)
+        try:
+            size = _regular_size(source)
+            if size is not None and limit is not None and size > limit:
+                raise CommandError(
+                    f"{_describe_input(name)} has {size:,} bytes, more than the limit of the "
+                    f"storage {options['storage']!r} ({limit:,} bytes); nothing was stored."
+                )
+            with self.progress(size, f"put {key}") as progress:
+                try:
+                    info = await store.write(key, _read_chunks(source, progress))
+                except ObjectSizeExceededError as error:
+                    raise CommandError(
+                        f"{_describe_input(name)} is larger than the limit of the storage "
+                        f"{options['storage']!r} ({error.max_object_size:,} bytes); nothing "
+                        "was stored."
+                    ) from None
+                except OSError as error:
+                    raise CommandError(
+                        f"Could not read {_describe_input(name)}: {error}; nothing was stored."
+                    ) from None
+        finally:
+            if name != STDIO:
+                source.close()
+        assert info is not None  # an unconditional write always stores
+        if options["verbosity"] >= 1:
+            self.stdout.write(f"Stored {key!r}: {info.size:,} bytes, SHA-256 {info.sha256}.")
+
+    async def get(self, options: dict[str, Any]) -> None:
+        key = _checked_key(options["key"])
+        alias = options["storage"]
+        store = self.streaming_storage(alias)
+        if options["file"] == STDIO:
+            await self.write_to_stdout(store, alias, key)
+            return
+        size = await self.write_to_file(store, alias, key, Path(options["file"]))
+        if options["verbosity"] >= 1:
+            self.stdout.write(f"Wrote {key!r} to {options['file']}: {size:,} bytes.")
+
+    async def open_stream(self, store: StreamingStorage, alias: str, key: str) -> BlobStream:
+        """Open the blob under key, or raise CommandError."""
+        # Iterate the stream at once: the storage holds a connection for it.
+        stream = await store.stream(key)
+        if stream is None:
+            raise CommandError(f"No blob is stored under {key!r} in the storage {alias!r}.")
+        return stream
+
+    async def write_to_stdout(self, store: StreamingStorage, alias: str, key: str) -> None:
+        # Bytes go to the binary stream under the text one, never through it.
+        self.stdout.flush()
+        output = getattr(self.stdout, "buffer", None) or sys.stdout.buffer
+        try:
+            async with await self.open_stream(store, alias, key) as stream:
+                await self.transfer(stream, key, output.write)
+            output.flush()
+        except BrokenPipeError:
+            # The reader went away, as in `... | head -c 10`: stop quietly, as cat does.
+            if output is not sys.stdout.buffer:
+                raise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(1) from None
+
+    async def write_to_file(self, store: StreamingStorage, alias: str, key: str, path: Path) -> int:
+        """Write the blob under key to path; return its size."""
+        if await asyncio.to_thread(path.is_dir):
+            raise CommandError(f"{path} is a directory; name a file to write the blob to.")
+        # Written beside the file, then renamed over it: FILE never holds half a blob,
+        # and is left as it was when anything fails.
+        partial = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
+        try:
+            output = await asyncio.to_thread(_create, partial)
+        except OSError as error:
+            raise CommandError(f"Could not write {path}: {error.strerror}.") from None
+        try:
+            with output:
+                async with await self.open_stream(store, alias, key) as stream:
+                    await self.transfer(stream, key, output.write)
+            await asyncio.to_thread(os.replace, partial, path)
+        except BaseException as error:
+            await asyncio.to_thread(partial.unlink, missing_ok=True)
+            if isinstance(error, OSError):
+                raise CommandError(f"Could not write {path}: {error}.") from None
+            raise
+        return stream.info.size
+
+    async def transfer(self, stream: BlobStream, key: str, write: Callable[[bytes], Any]) -> None:
+        """Write every chunk of stream, with a progress bar, and check its SHA-256."""
+        digest = hashlib.sha256()
+        whole = stream.start == 0 and stream.stop == stream.info.size
+        with self.progress(stream.length, f"get {key}") as progress:
+            async for chunk in stream:
+                await asyncio.to_thread(write, chunk)
+                if whole:
+                    digest.update(chunk)
+                progress.advance(len(chunk))
+        if whole and digest.hexdigest() != stream.info.sha256:
+            raise CommandError(
+                f"The bytes read for {key!r} do not match its SHA-256 ({stream.info.sha256})."
+            )
+
+    async def list_keys(self, options: dict[str, Any]) -> None:
+        store = self.listing_storage(options["storage"])
+        async for info in _every_blob(store, options["prefix"]):
+            if options["long"]:
+                self.stdout.write(
+                    f"{info.size:>14}  {_timestamp(info.updated)}  {info.sha256}  {info.key}"
+                )
+            else:
+                self.stdout.write(info.key)
+
+    async def remove(self, options: dict[str, Any]) -> None:
+        keys = [_checked_key(key) for key in options["keys"]]  # all checked before any goes
+        alias = options["storage"]
+        store = self.storage(alias)
+        removed = 0
+        for key in dict.fromkeys(keys):
+            if await store.exists(key):
+                await store.evict(key)
+                removed += 1
+            else:
+                self.stderr.write(f"No blob is stored under {key!r} in the storage {alias!r}.")
+        if options["verbosity"] >= 1:
+            self.stdout.write(f"Removed {removed} blob{'s' if removed != 1 else ''}.")
+
+    async def copy(self, options: dict[str, Any]) -> None:
+        names = options["source"], options["target"]
+        if names[0] == names[1]:
+            raise CommandError(f"--from and --to both name the storage {names[0]!r}.")
+        source = self.streaming_storage(names[0])
+        target = self.streaming_storage(names[1])
+        prefix = options["prefix"]
+        # A first pass over the records (not the bytes) finds the total, and
+        # any blob the target would refuse before anything is copied.
+        limit = getattr(target, "max_object_size", None)
+        count = total = 0
+        async for info in _every_blob(source, prefix):
+            if limit is not None and info.size > limit:
+                raise CommandError(
+                    f"The blob {info.key!r} has {info.size:,} bytes, more than the limit of the "
+                    f"storage {names[1]!r} ({limit:,} bytes); nothing was copied."
+                )
+            count += 1
+            total += info.size
+        copied = copied_bytes = 0
+        with self.progress(total, f"cp 0/{count}") as progress:
+            async for info in _every_blob(source, prefix):
+                stream = await source.stream(info.key)
+                if stream is None:
+                    continue  # evicted since it was listed
+                progress.label = f"cp {copied + 1}/{count}"
+                async with stream:
+                    try:
+                        written = await target.write(info.key, _counted(stream, progress))
+                    except ObjectSizeExceededError as error:
+                        raise CommandError(
+                            f"The blob {info.key!r} grew over the limit of the storage "
+                            f"{names[1]!r} ({error.max_object_size:,} bytes) while being copied; "
+                            f"{copied} blob{'s' if copied != 1 else ''} had been copied."
+                        ) from None
+                assert written is not None  # an unconditional write always stores
+                if written.sha256 != stream.info.sha256:
+                    raise CommandError(f"The copy of {info.key!r} does not match its SHA-256.")
+                copied += 1
+                copied_bytes += written.size
+        if options["verbosity"] >= 1:
+            self.stdout.write(
+                f"Copied {copied} blob{'s' if copied != 1 else ''} ({copied_bytes:,} bytes) "
+                f"from {names[0]!r} to {names[1]!r}."
+            )
+
+    async def stats(self, options: dict[str, Any]) -> None:
+        aliases = [options["storage"]] if options["storage"] else list(storages.backends)
+        figures = {alias: await self.figures(alias) for alias in aliases}
+        if options["json"]:
+            self.stdout.write(json.dumps(figures, indent=2))
+            return
+        for alias, found in figures.items():
+            where = (
+                f" on the database {found['database']!r} ({found['vendor']})"
+                if "database" in found
+                else ""
+            )
+            self.stdout.write(f"{alias}: {found['backend']}{where}")
+            self.stdout.write(f"  blobs       {found['blobs']:,}")
+            self.stdout.write(f"  bytes       {found['bytes']:,} ({_human(found['bytes'])})")
+            largest = found["largest"]
+            if largest is None:
+                self.stdout.write("  largest     -")
+            else:
+                self.stdout.write(f"  largest     {largest['size']:,} bytes, {largest['key']!r}")
+            if "chunk_rows" in found:
+                self.stdout.write(
+                    f"  chunk rows  {found['chunk_rows']:,} "
+                    f"({found['unreferenced_chunk_rows']:,} named by no blob)"
+                )
+
+    async def figures(self, alias: str) -> dict[str, Any]:
+        """Return the counts of one storage."""
+        store = self.listing_storage(alias)
+        found: dict[str, Any] = {"backend": type(store).__name__}
+        if isinstance(store, ORMStorage):
+            # The database counts; no record crosses over.
+            totals = await store.blobs.aaggregate(count=Count("pk"), total=Sum("size"))
+            largest = await store.blobs.order_by("-size", "key").values_list("key", "size").afirst()
+            referenced = store.blobs.exclude(version=None).values("version")
+            found.update(
+                database=store.using,
+                vendor=connections[store.using].vendor,
+                blobs=totals["count"],
+                bytes=totals["total"] or 0,
+                largest=None if largest is None else {"key": largest[0], "size": largest[1]},
+                chunk_rows=await store.chunks.acount(),
+                unreferenced_chunk_rows=await store.chunks.exclude(version__in=referenced).acount(),
+            )
+            return found
+        count = total = 0
+        biggest: BlobInfo | None = None
+        async for info in _every_blob(store, ""):
+            count += 1
+            total += info.size
+            if biggest is None or info.size > biggest.size:
+                biggest = info
+        found.update(
+            blobs=count,
+            bytes=total,
+            largest=None if biggest is None else {"key": biggest.key, "size": biggest.size},
+        )
+        return found
+
+    # Helpers
+
+    def storage(self, alias: str) -> Storage:
+        """Return the storage configured for alias."""
+        try:
+            known = alias in storages.backends
+            if not known:
+                raise CommandError(
+                    f"No storage is called {alias!r}; BLOBSTORE_STORAGES has "
+                    f"{', '.join(map(repr, storages.backends))}."
+                )
+            store = storages[alias]
+        except ImproperlyConfigured as error:
+            raise CommandError(str(error)) from error
+        self.opened[alias] = store
+        return store
+
+    def streaming_storage(self, alias: str) -> StreamingStorage:
+        """Return the storage configured for alias, if it can stream blobs."""
+        store = self.storage(alias)
+        if not isinstance(store, StreamingStorage):
+            raise _unable(alias, store, StreamingStorage)
+        return store
+
+    def listing_storage(self, alias: str) -> ListingStorage:
+        """Return the storage configured for alias, if it can list its keys."""
+        store = self.storage(alias)
+        if not isinstance(store, ListingStorage):
+            raise _unable(alias, store, ListingStorage)
+        return store
+
+    def stdin(self, options: dict[str, Any]) -> BinaryIO:
+        given = options.get("stdin")
+        return cast(BinaryIO, given) if given is not None else sys.stdin.buffer
+
+    def open_input(self, name: str, options: dict[str, Any]) -> BinaryIO:
+        if name == STDIO:
+            return self.stdin(options)
+        try:
+            return open(name, "rb")  # closed by the caller
+        except OSError as error:
+            raise CommandError(f"Could not read {name}: {error.strerror}.") from None
+
+    def progress(self, total: int | None, label: str) -> Progress:
+        """Return a progress bar on standard error (drawn only on a terminal)."""
+        stream = cast(TextIO, getattr(self.stderr, "_out", self.stderr))
+        return Progress(stream, total, label, delay=self.progress_delay)
+
+
+async def _every_blob(store: ListingStorage, prefix: str) -> AsyncIterator[BlobInfo]:
+    """Yield the record of every blob whose key starts with prefix, in key order, page by page."""
+    after = ""
+    while True:
+        page = await store.list_blobs(prefix, after=after, limit=PAGE_SIZE)
+        for info in page:
+            yield info
+        if len(page) < PAGE_SIZE:
+            return
+        after = page[-1].key
+
+
+async def _read_chunks(source: BinaryIO, progress: Progress) -> AsyncIterator[bytes]:
+    """Yield the rest of source in chunks of CHUNK_SIZE bytes."""
+    while chunk := await asyncio.to_thread(source.read, CHUNK_SIZE):
+        progress.advance(len(chunk))
+        yield chunk
+
+
+async def _counted(chunks: AsyncIterable[bytes], progress: Progress) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        progress.advance(len(chunk))
+        yield chunk
+
+
+def _create(path: Path) -> BinaryIO:
+    """Open a new file at path for writing (made with the umask's permissions, like any)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    return open(descriptor, "wb")
+
+
+def _unable(alias: str, store: Storage, kind: type[Any]) -> CommandError:
+    return CommandError(
+        f"The storage {alias!r} ({type(store).__name__}) cannot do this: it does not keep the "
+        f"{kind.__name__} protocol of blobstore.storage."
+    )
+
+
+def _checked_key(key: str) -> str:
+    try:
+        return validate_key(key)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
+def _regular_size(source: BinaryIO) -> int | None:
+    """Return the size of source if it is a regular file (its bytes left to read), else None."""
+    try:
+        status = os.fstat(source.fileno())
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    try:
+        return max(status.st_size - source.tell(), 0)
+    except OSError:
+        return status.st_size
+
+
+def _describe_input(name: str) -> str:
+    return "Standard input" if name == STDIO else name
+
+
+def _timestamp(moment: datetime.datetime) -> str:
+    if moment.tzinfo is None:
+        return moment.isoformat(timespec="seconds")
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
 
 
 def proxystore_home(given: str | None = None) -> Path:

@@ -1,0 +1,577 @@
+"""``manage.py blobstore put/get/ls/rm/cp/stats``: in-process, and as programs in pipes."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+from asgiref.sync import async_to_sync
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+from django.test import SimpleTestCase, TransactionTestCase, override_settings
+
+from blobstore.management.commands import blobstore as command_module
+from blobstore.management.commands.blobstore import Command
+from blobstore.management.progress import MIB, Progress
+from blobstore.models import BlobChunk
+from blobstore.storage import ListingStorage, storages
+from blobstore.storage.chunked import CHUNK_SIZE
+
+ROOT = Path(__file__).resolve().parent.parent
+ORM = "blobstore.storage.ORMStorage"
+DICT = "blobstore.storage.DictStorage"
+SQLITE = "blobstore.storage.SQLiteStorage"
+
+# Over a few chunks, and not a whole number of them.
+DATA = os.urandom(5 * MIB + 123)
+DIGEST = hashlib.sha256(DATA).hexdigest()
+LIMIT = 64 * 1024
+"""The max_object_size of the "small" storage."""
+
+
+class Terminal(io.StringIO):
+    """A text stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def blobstore(*arguments: str, stdin: io.BytesIO | None = None) -> tuple[str, str]:
+    """Run the command in this process; return what it wrote to stdout and stderr."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    extra = {} if stdin is None else {"stdin": stdin}
+    call_command("blobstore", *arguments, stdout=stdout, stderr=stderr, **extra)
+    return stdout.getvalue(), stderr.getvalue()
+
+
+def get_bytes(key: str, *options: str) -> bytes:
+    """Run `blobstore get KEY - ...` in this process; return the bytes it wrote to stdout."""
+    stdout = io.TextIOWrapper(io.BytesIO())
+    call_command("blobstore", "get", key, "-", *options, stdout=stdout, stderr=io.StringIO())
+    buffer = stdout.buffer
+    assert isinstance(buffer, io.BytesIO)
+    return buffer.getvalue()
+
+
+def records(alias: str) -> list[tuple[str, int, str]]:
+    """Return the key, size and digest of every blob of a storage."""
+    store = storages[alias]
+    assert isinstance(store, ListingStorage)
+    infos = async_to_sync(store.list_blobs)(limit=10_000)
+    return [(info.key, info.size, info.sha256) for info in infos]
+
+
+class CommandTestCase(TransactionTestCase):
+    """ORMStorage on the default database, two DictStorages and a SQLite file."""
+
+    databases = {"default"}
+
+    def setUp(self) -> None:
+        directory = tempfile.TemporaryDirectory()
+        self.addCleanup(directory.cleanup)
+        self.directory = Path(directory.name)
+        setting = override_settings(
+            BLOBSTORE_STORAGES={
+                "default": {"BACKEND": ORM, "OPTIONS": {"max_object_size": None}},
+                "other": {"BACKEND": DICT},
+                "small": {"BACKEND": DICT, "OPTIONS": {"max_object_size": LIMIT}},
+                "file": {
+                    "BACKEND": SQLITE,
+                    "OPTIONS": {"database_path": str(self.directory / "blobs.sqlite3")},
+                },
+            }
+        )
+        setting.enable()
+        self.addCleanup(setting.disable)
+        # Before the setting goes: an open SQLite connection keeps a thread alive.
+        self.addCleanup(lambda: async_to_sync(storages["file"].close)())
+        self.source = self.directory / "source.bin"
+        self.source.write_bytes(DATA)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return what every storage holds, and the ORM's chunk rows."""
+        found: dict[str, Any] = {
+            alias: records(alias) for alias in storages.backends if alias != "file"
+        }
+        found["chunk rows"] = BlobChunk.objects.count()
+        found["files"] = sorted(path.name for path in self.directory.iterdir())
+        return found
+
+    def assert_refused(self, message: str, *arguments: str, **options: Any) -> None:
+        """Assert that the command raises a CommandError holding message, changing nothing."""
+        before = self.snapshot()
+        with self.assertRaisesMessage(CommandError, message):
+            blobstore(*arguments, **options)
+        self.assertEqual(self.snapshot(), before)
+
+
+class PutGetTests(CommandTestCase):
+    def test_file_round_trip_is_byte_exact(self) -> None:
+        out, err = blobstore("put", "data/one", str(self.source))
+        self.assertEqual(out, f"Stored 'data/one': {len(DATA):,} bytes, SHA-256 {DIGEST}.\n")
+        self.assertEqual(err, "")
+        self.assertEqual(records("default"), [("data/one", len(DATA), DIGEST)])
+        # Stored in chunk rows, not whole.
+        self.assertEqual(BlobChunk.objects.count(), len(DATA) // CHUNK_SIZE)
+        target = self.directory / "copy.bin"
+        out, _ = blobstore("get", "data/one", str(target))
+        self.assertEqual(target.read_bytes(), DATA)
+        self.assertIn(f"{len(DATA):,} bytes", out)
+
+    def test_stdin_and_stdout_round_trip_is_byte_exact(self) -> None:
+        out, _ = blobstore("put", "piped", "-", stdin=io.BytesIO(DATA))
+        self.assertIn(DIGEST, out)
+        self.assertEqual(get_bytes("piped"), DATA)
+
+    def test_get_writes_stdout_by_default(self) -> None:
+        blobstore("put", "k", "-", stdin=io.BytesIO(b"small\x00\xff\r\n"))
+        stdout = io.TextIOWrapper(io.BytesIO())
+        call_command("blobstore", "get", "k", stdout=stdout)
+        assert isinstance(stdout.buffer, io.BytesIO)
+        self.assertEqual(stdout.buffer.getvalue(), b"small\x00\xff\r\n")
+
+    def test_empty_blob_round_trips(self) -> None:
+        empty = self.directory / "empty"
+        empty.write_bytes(b"")
+        blobstore("put", "empty", str(empty))
+        self.assertEqual(get_bytes("empty"), b"")
+        target = self.directory / "empty-copy"
+        blobstore("get", "empty", str(target))
+        self.assertEqual(target.read_bytes(), b"")
+
+    def test_put_replaces_and_get_overwrites_a_file(self) -> None:
+        blobstore("put", "k", str(self.source))
+        blobstore("put", "k", "-", stdin=io.BytesIO(b"new"))
+        self.assertEqual(BlobChunk.objects.count(), 0)  # the old version's chunks went
+        target = self.directory / "out"
+        target.write_bytes(b"old contents")
+        blobstore("get", "k", str(target))
+        self.assertEqual(target.read_bytes(), b"new")
+        # No partial file is left beside it.
+        self.assertEqual(sorted(p.name for p in self.directory.iterdir()), ["out", "source.bin"])
+
+    def test_other_storages(self) -> None:
+        for alias in ("other", "file"):
+            blobstore("put", "k", str(self.source), "--storage", alias)
+            self.assertEqual(get_bytes("k", "--storage", alias), DATA)
+        self.assertEqual(records("default"), [])
+
+    def test_verbosity_zero_is_silent(self) -> None:
+        target = self.directory / "out"
+        # Django's own options go before the subcommand.
+        self.assertEqual(blobstore("-v", "0", "put", "k", str(self.source)), ("", ""))
+        self.assertEqual(blobstore("-v", "0", "get", "k", str(target)), ("", ""))
+        self.assertEqual(target.read_bytes(), DATA)
+
+
+class BadInputTests(CommandTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        blobstore("put", "kept", str(self.source))
+        blobstore("put", "kept", "-", "--storage", "small", stdin=io.BytesIO(b"small one"))
+
+    def test_get_of_an_unknown_key(self) -> None:
+        message = "No blob is stored under 'nope' in the storage 'default'"
+        self.assert_refused(message, "get", "nope")
+        target = self.directory / "never"
+        self.assert_refused("No blob is stored under 'nope'", "get", "nope", str(target))
+        self.assertFalse(target.exists())
+
+    def test_get_of_an_unknown_key_leaves_the_file(self) -> None:
+        target = self.directory / "existing"
+        target.write_bytes(b"mine")
+        self.assert_refused("No blob", "get", "nope", str(target))
+        self.assertEqual(target.read_bytes(), b"mine")
+
+    def test_get_into_a_missing_directory_or_a_directory(self) -> None:
+        self.assert_refused("Could not write", "get", "kept", str(self.directory / "no" / "f"))
+        self.assert_refused("is a directory", "get", "kept", str(self.directory))
+
+    def test_put_of_a_missing_file_or_a_directory(self) -> None:
+        self.assert_refused("Could not read", "put", "new", str(self.directory / "missing"))
+        self.assert_refused("Could not read", "put", "kept", str(self.directory / "missing"))
+        self.assert_refused("Could not read", "put", "new", str(self.directory))
+
+    def test_put_over_the_limit_stores_nothing(self) -> None:
+        # A file's size is checked before anything is read...
+        self.assert_refused(
+            f"has {len(DATA):,} bytes, more than the limit of the storage 'small' ({LIMIT:,} "
+            "bytes); nothing was stored",
+            *("put", "kept", str(self.source), "--storage", "small"),
+        )
+        # ... standard input's as it comes.
+        self.assert_refused(
+            "Standard input is larger than the limit of the storage 'small'",
+            *("put", "kept", "-", "--storage", "small"),
+            stdin=io.BytesIO(DATA),
+        )
+        self.assertEqual(get_bytes("kept", "--storage", "small"), b"small one")
+
+    def test_orm_storage_keeps_no_chunk_of_a_refused_upload(self) -> None:
+        limited = {"BACKEND": ORM, "OPTIONS": {"max_object_size": 2 * MIB + 1}}
+        with override_settings(BLOBSTORE_STORAGES={"default": limited, "other": {"BACKEND": DICT}}):
+            # Two chunks are in the database when the third goes over.
+            self.assert_refused("nothing was stored", "put", "kept", "-", stdin=io.BytesIO(DATA))
+            self.assert_refused("nothing was stored", "put", "new", "-", stdin=io.BytesIO(DATA))
+        self.assertEqual(get_bytes("kept"), DATA)
+
+    def test_unknown_alias(self) -> None:
+        message = "No storage is called 'nope'; BLOBSTORE_STORAGES has 'default', 'other'"
+        for arguments in (
+            ["put", "k", str(self.source)],
+            ["get", "kept"],
+            ["ls"],
+            ["rm", "kept"],
+            ["stats"],
+        ):
+            with self.subTest(arguments[0]):
+                self.assert_refused(message, *arguments, "--storage", "nope")
+        self.assert_refused(message, "cp", "--from", "nope", "--to", "other")
+        self.assert_refused(message, "cp", "--from", "default", "--to", "nope")
+
+    def test_bad_keys(self) -> None:
+        for key in ("", "x" * 1025):
+            with self.subTest(length=len(key)):
+                self.assert_refused("A key must be", "put", key, str(self.source))
+                self.assert_refused("A key must be", "get", key)
+                self.assert_refused("A key must be", "rm", "kept", key)
+
+    def test_malformed_setting(self) -> None:
+        with (
+            override_settings(BLOBSTORE_STORAGES={"default": {"BACKEND": "no.such.Storage"}}),
+            self.assertRaisesMessage(CommandError, "'no.such.Storage' could not be imported"),
+        ):
+            blobstore("ls")
+        self.assertEqual(len(records("default")), 1)
+
+
+class ListAndRemoveTests(CommandTestCase):
+    KEYS = ["a", "a/1", "a/2", "a/2/x", "b", "ab", "A/1", "é"]
+
+    def setUp(self) -> None:
+        super().setUp()
+        for number, key in enumerate(self.KEYS):
+            blobstore("put", key, "-", stdin=io.BytesIO(b"x" * number))
+
+    def test_ls_lists_every_key_in_order(self) -> None:
+        out, _ = blobstore("ls")
+        self.assertEqual(out.splitlines(), sorted(self.KEYS))
+
+    def test_ls_by_prefix(self) -> None:
+        self.assertEqual(blobstore("ls", "--prefix", "a/")[0].splitlines(), ["a/1", "a/2", "a/2/x"])
+        self.assertEqual(blobstore("ls", "--prefix", "a/2")[0].splitlines(), ["a/2", "a/2/x"])
+        self.assertEqual(blobstore("ls", "--prefix", "A")[0].splitlines(), ["A/1"])
+        self.assertEqual(blobstore("ls", "--prefix", "zzz"), ("", ""))
+
+    def test_ls_pages_through_the_listing(self) -> None:
+        with mock.patch.object(command_module, "PAGE_SIZE", 3):
+            out, _ = blobstore("ls")
+        self.assertEqual(out.splitlines(), sorted(self.KEYS))
+
+    def test_ls_long(self) -> None:
+        blobstore("put", "a/big", str(self.source))
+        out, _ = blobstore("ls", "--long", "--prefix", "a/")
+        lines = [line.split() for line in out.splitlines()]
+        self.assertEqual([line[-1] for line in lines], ["a/1", "a/2", "a/2/x", "a/big"])
+        size, updated, digest, key = lines[-1]
+        self.assertEqual((int(size), digest, key), (len(DATA), DIGEST, "a/big"))
+        self.assertRegex(updated, r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertEqual(int(lines[0][0]), self.KEYS.index("a/1"))
+
+    def test_rm_removes_and_reports_the_absent(self) -> None:
+        out, err = blobstore("rm", "a/1", "missing", "b", "a/1")
+        self.assertEqual(out, "Removed 2 blobs.\n")
+        self.assertEqual(err, "No blob is stored under 'missing' in the storage 'default'.\n")
+        self.assertEqual(blobstore("ls")[0].splitlines(), sorted(set(self.KEYS) - {"a/1", "b"}))
+
+    def test_rm_of_a_large_blob_removes_its_chunks(self) -> None:
+        blobstore("put", "big", str(self.source))
+        self.assertGreater(BlobChunk.objects.count(), 0)
+        blobstore("rm", "big")
+        self.assertEqual(BlobChunk.objects.count(), 0)
+
+
+class CopyTests(CommandTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        blobstore("put", "big", str(self.source))
+        for key in ("logs/1", "logs/2", "other"):
+            blobstore("put", key, "-", stdin=io.BytesIO(key.encode()))
+
+    def test_cp_copies_every_blob_byte_exact(self) -> None:
+        out, err = blobstore("cp", "--from", "default", "--to", "other")
+        size = len(DATA) + len(b"logs/1logs/2other")
+        self.assertEqual(out, f"Copied 4 blobs ({size:,} bytes) from 'default' to 'other'.\n")
+        self.assertEqual(err, "")
+        self.assertEqual(records("other"), records("default"))
+        self.assertEqual(get_bytes("big", "--storage", "other"), DATA)
+        # And back, into a SQLite file, and from there to the ORM again.
+        blobstore("cp", "--from", "other", "--to", "file")
+        blobstore("rm", "big")
+        blobstore("cp", "--from", "file", "--to", "default", "--prefix", "b")
+        self.assertEqual(get_bytes("big"), DATA)
+        self.assertEqual(BlobChunk.objects.count(), len(DATA) // CHUNK_SIZE)
+
+    def test_cp_by_prefix_replaces(self) -> None:
+        blobstore("put", "logs/1", "-", "--storage", "other", stdin=io.BytesIO(b"stale"))
+        blobstore("put", "zzz", "-", "--storage", "other", stdin=io.BytesIO(b"kept"))
+        out, _ = blobstore("cp", "--from", "default", "--to", "other", "--prefix", "logs/")
+        self.assertIn("Copied 2 blobs (12 bytes)", out)
+        self.assertEqual([record[0] for record in records("other")], ["logs/1", "logs/2", "zzz"])
+        self.assertEqual(get_bytes("logs/1", "--storage", "other"), b"logs/1")
+
+    def test_cp_copies_nothing_when_a_blob_is_over_the_target_limit(self) -> None:
+        self.assert_refused(
+            f"The blob 'big' has {len(DATA):,} bytes, more than the limit of the storage "
+            f"'small' ({LIMIT:,} bytes); nothing was copied",
+            *("cp", "--from", "default", "--to", "small"),
+        )
+        # Below the limit, it goes.
+        out, _ = blobstore("cp", "--from", "default", "--to", "small", "--prefix", "logs")
+        self.assertIn("Copied 2 blobs", out)
+
+    def test_cp_onto_itself(self) -> None:
+        self.assert_refused(
+            "--from and --to both name the storage 'default'",
+            *("cp", "--from", "default", "--to", "default"),
+        )
+
+    def test_cp_of_nothing(self) -> None:
+        out, _ = blobstore("cp", "--from", "other", "--to", "default")
+        self.assertEqual(out, "Copied 0 blobs (0 bytes) from 'other' to 'default'.\n")
+        self.assertEqual(len(records("default")), 4)
+
+
+class StatsTests(CommandTestCase):
+    def test_figures_of_every_storage(self) -> None:
+        blobstore("put", "big", str(self.source))
+        blobstore("put", "small", "-", stdin=io.BytesIO(b"12345"))
+        blobstore("put", "x", "-", "--storage", "other", stdin=io.BytesIO(b"abc"))
+        out, _ = blobstore("stats", "--json")
+        figures = json.loads(out)
+        self.assertEqual(list(figures), ["default", "other", "small", "file"])
+        self.assertEqual(
+            figures["default"],
+            {
+                "backend": "ORMStorage",
+                "database": "default",
+                "vendor": connections["default"].vendor,
+                "blobs": 2,
+                "bytes": len(DATA) + 5,
+                "largest": {"key": "big", "size": len(DATA)},
+                "chunk_rows": len(DATA) // CHUNK_SIZE,
+                "unreferenced_chunk_rows": 0,
+            },
+        )
+        self.assertEqual(
+            figures["other"],
+            {"backend": "DictStorage", "blobs": 1, "bytes": 3, "largest": {"key": "x", "size": 3}},
+        )
+        self.assertEqual(
+            figures["file"], {"backend": "SQLiteStorage", "blobs": 0, "bytes": 0, "largest": None}
+        )
+
+    def test_text_of_one_storage(self) -> None:
+        blobstore("put", "big", str(self.source))
+        # A chunk of an upload in progress, or left over.
+        BlobChunk.objects.create(version="12345678-1234-4234-8234-123456789abc", index=1, data=b"")
+        out, _ = blobstore("stats", "--storage", "default")
+        vendor = connections["default"].vendor
+        chunks = len(DATA) // CHUNK_SIZE + 1
+        self.assertEqual(
+            out,
+            f"default: ORMStorage on the database 'default' ({vendor})\n"
+            "  blobs       1\n"
+            f"  bytes       {len(DATA):,} (5.0 MiB)\n"
+            f"  largest     {len(DATA):,} bytes, 'big'\n"
+            f"  chunk rows  {chunks} (1 named by no blob)\n",
+        )
+        out, _ = blobstore("stats", "--storage", "other")
+        self.assertEqual(out, "other: DictStorage\n  blobs       0\n  bytes       0 (0 B)\n"
+                         "  largest     -\n")  # fmt: skip
+
+
+@override_settings(
+    BLOBSTORE_STORAGES={
+        "default": {"BACKEND": ORM},
+        "pg": {"BACKEND": ORM, "OPTIONS": {"using": "postgres", "max_object_size": None}},
+    }
+)
+class PostgreSQLCopyTests(TransactionTestCase):
+    """The default database (SQLite or PostgreSQL) and the PostgreSQL alias, both ways."""
+
+    databases = {"default", "postgres"}
+
+    def test_cp_to_postgresql_and_back(self) -> None:
+        blobstore("put", "big", "-", stdin=io.BytesIO(DATA))
+        blobstore("cp", "--from", "default", "--to", "pg")
+        self.assertEqual(BlobChunk.objects.using("postgres").count(), len(DATA) // CHUNK_SIZE)
+        self.assertEqual(get_bytes("big", "--storage", "pg"), DATA)
+        blobstore("rm", "big")
+        blobstore("cp", "--from", "pg", "--to", "default")
+        self.assertEqual(get_bytes("big"), DATA)
+        figures = json.loads(blobstore("stats", "--json", "--storage", "pg")[0])["pg"]
+        self.assertEqual((figures["vendor"], figures["blobs"]), ("postgresql", 1))
+
+
+class ProgressTests(CommandTestCase):
+    def test_a_terminal_gets_a_progress_bar(self) -> None:
+        terminal = Terminal()
+        with mock.patch.object(Command, "progress_delay", 0.0):
+            call_command("blobstore", "put", "k", str(self.source), stdout=io.StringIO(),
+                         stderr=terminal)  # fmt: skip
+        shown = terminal.getvalue()
+        self.assertTrue(shown.startswith("\rput k  ["), shown)
+        self.assertIn("100%  5.0/5.0 MiB", shown)
+        self.assertIn("MiB/s", shown)
+        self.assertTrue(shown.endswith("\n"))
+        for subcommand in (["get", "k", str(self.directory / "out")],
+                           ["cp", "--from", "default", "--to", "other"]):  # fmt: skip
+            terminal = Terminal()
+            with mock.patch.object(Command, "progress_delay", 0.0):
+                call_command("blobstore", *subcommand, stdout=io.StringIO(), stderr=terminal)
+            self.assertIn("100%", terminal.getvalue())
+
+    def test_quiet_when_not_a_terminal_or_quick(self) -> None:
+        with mock.patch.object(Command, "progress_delay", 0.0):
+            self.assertEqual(blobstore("put", "k", str(self.source))[1], "")
+        terminal = Terminal()
+        call_command("blobstore", "put", "k", "-", stdin=io.BytesIO(b"x"), stdout=io.StringIO(),
+                     stderr=terminal)  # fmt: skip
+        self.assertEqual(terminal.getvalue(), "")  # done before the delay
+
+
+class ProgressHelperTests(SimpleTestCase):
+    def progress(self, total: int | None, **options: Any) -> tuple[Progress, Terminal, list[float]]:
+        now = [0.0]
+        terminal = Terminal()
+        bar = Progress(terminal, total, "put k", clock=lambda: now[0], **options)
+        return bar, terminal, now
+
+    def test_figures(self) -> None:
+        bar, terminal, now = self.progress(100 * MIB)
+        now[0] = 2.0
+        bar.advance(25 * MIB)
+        self.assertEqual(
+            terminal.getvalue(),
+            "\rput k  [#####...............]  25%  25.0/100.0 MiB  12.5 MiB/s  0:06 left",
+        )
+        now[0] = 4.0
+        bar.advance(75 * MIB)
+        bar.finish()
+        self.assertTrue(
+            terminal.getvalue().endswith(
+                "\rput k  [####################] 100%  100.0/100.0 MiB  25.0 MiB/s\n"
+            )
+        )
+
+    def test_unknown_total(self) -> None:
+        bar, terminal, now = self.progress(None)
+        now[0] = 1.0
+        bar.advance(3 * MIB)
+        self.assertEqual(terminal.getvalue(), "\rput k  3.0 MiB  3.0 MiB/s")
+
+    def test_delay_and_interval(self) -> None:
+        bar, terminal, now = self.progress(10 * MIB, delay=0.5, interval=0.1)
+        now[0] = 0.4
+        bar.advance(MIB)
+        self.assertEqual(terminal.getvalue(), "")
+        bar.finish()  # nothing drawn, nothing to end
+        self.assertEqual(terminal.getvalue(), "")
+        now[0] = 0.6
+        bar.advance(MIB)
+        drawn = terminal.getvalue()
+        now[0] = 0.65
+        bar.advance(MIB)
+        self.assertEqual(terminal.getvalue(), drawn)  # too soon to redraw
+        now[0] = 0.8
+        bar.advance(MIB)
+        self.assertNotEqual(terminal.getvalue(), drawn)
+
+    def test_silent_unless_a_terminal(self) -> None:
+        stream = io.StringIO()
+        with Progress(stream, 10, delay=0) as bar:
+            bar.advance(10)
+        self.assertEqual(stream.getvalue(), "")
+        with Progress(stream, 10, delay=0, enabled=True) as bar:
+            bar.advance(10)
+        self.assertIn("100%", stream.getvalue())
+
+
+class HelpTests(SimpleTestCase):
+    def test_every_subcommand_has_help(self) -> None:
+        parser = Command().create_parser("manage.py", "blobstore")
+        subparsers = next(
+            action for action in parser._actions if action.dest == "subcommand"
+        ).choices
+        assert isinstance(subparsers, dict)
+        self.assertEqual(
+            set(subparsers), {"token", "proxystore-config", "put", "get", "ls", "rm", "cp", "stats"}
+        )
+        for name, subparser in subparsers.items():
+            with self.subTest(name):
+                text = subparser.format_help()
+                self.assertIn(f"usage: manage.py blobstore {name}", text)
+        self.assertIn("--storage ALIAS", subparsers["put"].format_help())
+        self.assertIn("--from ALIAS --to ALIAS", subparsers["cp"].format_help())
+        for name in ("put", "get", "ls", "rm", "cp", "stats"):
+            self.assertIn(name, parser.format_help())
+
+
+class PipeTests(SimpleTestCase):
+    """`manage.py blobstore` as a program, on a database of its own, in pipes."""
+
+    directory: tempfile.TemporaryDirectory[str]
+    environment: dict[str, str]
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.directory = tempfile.TemporaryDirectory()
+        cls.environment = {**os.environ, "BLOBSTORE_VAR_DIR": cls.directory.name}
+        cls.environment.pop("DATABASE_URL", None)
+        cls.environment.pop("DJANGO_SETTINGS_MODULE", None)
+        cls.manage("migrate", "--verbosity=0").check_returncode()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls.directory.cleanup()
+        super().tearDownClass()
+
+    @classmethod
+    def manage(cls, *arguments: str, data: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "manage.py", *arguments],
+            cwd=ROOT,
+            env=cls.environment,
+            input=data,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def test_pipes_in_and_out_byte_exact_and_quiet(self) -> None:
+        put = self.manage("blobstore", "put", "piped/data", "-", data=DATA)
+        self.assertEqual((put.returncode, put.stderr), (0, b""))
+        self.assertIn(DIGEST.encode(), put.stdout)
+        got = self.manage("blobstore", "get", "piped/data")
+        self.assertEqual((got.returncode, got.stderr), (0, b""))
+        self.assertEqual(len(got.stdout), len(DATA))
+        self.assertTrue(got.stdout == DATA, "get - wrote other bytes than put - read")
+        listed = self.manage("blobstore", "ls", "--long", "--prefix", "piped/")
+        self.assertEqual(listed.stdout.split()[-2:], [DIGEST.encode(), b"piped/data"])
+
+    def test_unknown_key_fails_with_a_message(self) -> None:
+        got = self.manage("blobstore", "get", "no/such/key", "-")
+        self.assertEqual(got.returncode, 1)
+        self.assertEqual(got.stdout, b"")
+        self.assertIn(b"No blob is stored under 'no/such/key'", got.stderr)
+        self.assertNotIn(b"Traceback", got.stderr)
