@@ -152,6 +152,20 @@ class StreamingTests(TestCaseMixin):
                 self.assertEqual(await self.storage.get("k"), self.large)
                 self.assertEqual(await self.storage.stat("k"), info)
 
+    async def test_write_from_a_reused_buffer(self) -> None:
+        # As a reader with readinto() does: one buffer, refilled for every chunk.
+        size = CHUNK_SIZE + CHUNK_SIZE // 2  # whole chunks in it, and a part
+        parts = [self.large[n : n + size] for n in range(0, LARGE_SIZE, size)]
+
+        async def refilled() -> AsyncIterator[bytearray]:
+            buffer = bytearray(size)
+            for part in parts:
+                buffer[: len(part)] = part
+                yield buffer if len(part) == len(buffer) else buffer[: len(part)]
+
+        await self.storage.write("k", refilled())
+        self.assertEqual(await self.storage.get("k"), self.large)
+
     async def test_write_of_nothing_stores_an_empty_blob(self) -> None:
         info = await self.storage.write("k", chunked(b"", 10))
         assert info is not None

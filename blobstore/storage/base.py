@@ -288,8 +288,8 @@ class Upload:
         """Return the hex SHA-256 of the bytes read so far."""
         return self._digest.hexdigest()
 
-    async def pieces(self) -> AsyncIterator[bytes | memoryview]:
-        """Yield the blob in pieces of piece_size bytes."""
+    async def pieces(self) -> AsyncIterator[BytesLike]:
+        """Yield the blob in pieces of piece_size bytes, none of which changes afterwards."""
         pending = bytearray()
         async for chunk in self.chunks:
             data = memoryview(self._count(chunk))
@@ -299,15 +299,17 @@ class Upload:
                 data = data[taken:]
                 if len(pending) < self.piece_size:
                     continue
-                yield bytes(pending)
-                pending.clear()
+                piece, pending = pending, bytearray()
+                yield piece
+            if not isinstance(data.obj, bytes):
+                data = memoryview(data.tobytes())  # the caller may reuse its buffer
             # Whole pieces of a large chunk go out as views, without a copy.
             while len(data) >= self.piece_size:
                 yield data[: self.piece_size]
                 data = data[self.piece_size :]
             pending += data
         if pending or self.size == 0:
-            yield bytes(pending)
+            yield pending
 
     def _count(self, chunk: object) -> bytes | memoryview:
         data = validate_blob(chunk)

@@ -47,7 +47,7 @@ class Version:
     """A version of a blob about to be committed: the values of its row."""
 
     key: str
-    head: bytes | memoryview
+    head: BytesLike
     size: int
     sha256: str
     version: uuid.UUID | None
@@ -62,7 +62,7 @@ class Version:
 class ChunkSink(Protocol):
     """Where an upload writes its chunk rows."""
 
-    async def insert(self, version: uuid.UUID, index: int, data: bytes | memoryview) -> None:
+    async def insert(self, version: uuid.UUID, index: int, data: BytesLike) -> None:
         """Store chunk number index of version."""
         ...
 

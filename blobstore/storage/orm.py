@@ -359,7 +359,7 @@ class _ChunkSink:
         """Choose the connection."""
         await self.session.open()
 
-    async def insert(self, version: uuid.UUID, index: int, data: bytes | memoryview) -> None:
+    async def insert(self, version: uuid.UUID, index: int, data: BytesLike) -> None:
         """Store chunk number index of version."""
         await self.session.call(self._insert, version, index, data)
 
@@ -371,7 +371,7 @@ class _ChunkSink:
         self,
         version: uuid.UUID,
         index: int,
-        data: bytes | memoryview,
+        data: BytesLike,
     ) -> None:
         connection = self.session.connection
         from blobstore.models import BlobChunk

@@ -328,7 +328,7 @@ class _ChunkSink:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
 
-    async def insert(self, version: uuid.UUID, index: int, data: bytes | memoryview) -> None:
+    async def insert(self, version: uuid.UUID, index: int, data: BytesLike) -> None:
         """Store chunk number index of version."""
         await self.db.execute(
             "INSERT INTO chunks (version, idx, created, data) VALUES (?, ?, ?, ?)",
