@@ -15,6 +15,7 @@ from pathlib import Path
 import dj_database_url
 import httpx
 import psycopg
+from django.test import SimpleTestCase
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,3 +107,43 @@ def postgres_database(url: str) -> Iterator[str]:
             yield url.rsplit("/", 1)[0] + f"/{name}"
         finally:
             server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class LiveAPITestCase(SimpleTestCase):
+    """The demo site under uvicorn for the whole class, and self.http with an API token."""
+
+    workers = 1
+    site: LiveSite
+    secret: str
+    _resources: contextlib.ExitStack
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls._resources = contextlib.ExitStack()
+        cls.site = LiveSite(cls.make_database(cls._resources))
+        cls._resources.callback(cls.site.stop)
+        cls.site.manage("migrate", "--verbosity=0")
+        cls.site.environment["DJANGO_SUPERUSER_PASSWORD"] = "pw"
+        cls.site.manage("createsuperuser", "--noinput", "--username=robot", "--email=r@x.org")
+        cls.secret = cls.site.manage("blobstore", "token", "robot").strip()
+        cls.site.start(workers=cls.workers)
+
+    @classmethod
+    def make_database(cls, resources: contextlib.ExitStack) -> str | None:
+        """Return the URL of the site's database; None for SQLite in a temporary directory."""
+        return None
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        cls._resources.close()
+        super().tearDownClass()
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.http = httpx.Client(
+            base_url=f"{self.site.url}/blobs/",
+            headers={"Authorization": f"Bearer {self.secret}"},
+            timeout=60,
+        )
+        self.addCleanup(self.http.close)

@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import httpx
-from django.test import SimpleTestCase
 
 from blobstore.storage.chunked import CHUNK_SIZE
-from tests.live import LiveSite, postgres_database
+from tests.live import LiveAPITestCase, postgres_database
 from tests.settings import POSTGRES_URL
 
 SIZE = 5 * CHUNK_SIZE + 777
@@ -37,42 +36,13 @@ def pieces(data: bytes, size: int = 256 * 1024) -> Iterator[bytes]:
         yield data[offset : offset + size]
 
 
-class LargeBlobLiveTests(SimpleTestCase):
+class LargeBlobLiveTests(LiveAPITestCase):
     """The SQLite variant; the subclass runs every test on PostgreSQL."""
 
-    site: LiveSite
-    secret: str
-    database_url: str | None = None
-    _databases: contextlib.ExitStack
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        super().setUpClass()
-        cls._databases = contextlib.ExitStack()
-        cls.site = LiveSite(cls.make_database())
-        cls.site.manage("migrate", "--verbosity=0")
-        cls.site.environment["DJANGO_SUPERUSER_PASSWORD"] = "pw"
-        cls.site.manage("createsuperuser", "--noinput", "--username=robot", "--email=r@x.org")
-        cls.secret = cls.site.manage("blobstore", "token", "robot").strip()
-        cls.site.start(workers=2)
-
-    @classmethod
-    def make_database(cls) -> str | None:
-        return None
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.site.stop()
-        cls._databases.close()
-        super().tearDownClass()
+    workers = 2
 
     def setUp(self) -> None:
-        self.http = httpx.Client(
-            base_url=f"{self.site.url}/blobs/",
-            headers={"Authorization": f"Bearer {self.secret}"},
-            timeout=60,
-        )
-        self.addCleanup(self.http.close)
+        super().setUp()
         self.blob = os.urandom(SIZE)
 
     def assert_no_stray_chunks(self) -> None:
@@ -175,5 +145,5 @@ class LargeBlobLiveTests(SimpleTestCase):
 
 class LargeBlobLivePostgreSQLTests(LargeBlobLiveTests):
     @classmethod
-    def make_database(cls) -> str | None:
-        return cls._databases.enter_context(postgres_database(POSTGRES_URL))
+    def make_database(cls, resources: contextlib.ExitStack) -> str | None:
+        return resources.enter_context(postgres_database(POSTGRES_URL))

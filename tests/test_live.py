@@ -11,40 +11,13 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import httpx
-from django.test import SimpleTestCase
 from proxystore.connectors.endpoint import EndpointConnector
 from proxystore.store import Store
 
-from tests.live import LiveSite
+from tests.live import LiveAPITestCase
 
 
-class LiveAPITests(SimpleTestCase):
-    site: LiveSite
-    secret: str
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        super().setUpClass()
-        cls.site = LiveSite()
-        cls.site.manage("migrate", "--verbosity=0")
-        cls.site.environment["DJANGO_SUPERUSER_PASSWORD"] = "pw"
-        cls.site.manage("createsuperuser", "--noinput", "--username=robot", "--email=r@x.org")
-        cls.secret = cls.site.manage("blobstore", "token", "robot").strip()
-        cls.site.start()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.site.stop()
-        super().tearDownClass()
-
-    def setUp(self) -> None:
-        self.http = httpx.Client(
-            base_url=f"{self.site.url}/blobs/",
-            headers={"Authorization": f"Bearer {self.secret}"},
-            timeout=60,
-        )
-        self.addCleanup(self.http.close)
-
+class LiveAPITests(LiveAPITestCase):
     def test_crud_with_unicode_keys(self) -> None:
         for key in ["ключ/файл.txt", "😀 emoji", "a%b", "deep/er/path"]:
             with self.subTest(key=key):

@@ -288,6 +288,11 @@ class Upload:
         """Return the hex SHA-256 of the bytes read so far."""
         return self._digest.hexdigest()
 
+    async def checked(self) -> AsyncIterator[bytes | memoryview]:
+        """Yield the chunks as they come, once counted and checked, without hashing them."""
+        async for chunk in self.chunks:
+            yield self._count(chunk, hashed=False)
+
     async def pieces(self) -> AsyncIterator[BytesLike]:
         """Yield the blob in pieces of piece_size bytes, none of which changes afterwards."""
         pending = bytearray()
@@ -311,12 +316,13 @@ class Upload:
         if pending or self.size == 0:
             yield pending
 
-    def _count(self, chunk: object) -> bytes | memoryview:
+    def _count(self, chunk: object, *, hashed: bool = True) -> bytes | memoryview:
         data = validate_blob(chunk)
         self.size += len(data)
         if self.max_object_size is not None and self.size > self.max_object_size:
             raise ObjectSizeExceededError(self.size, self.max_object_size)
-        self._digest.update(data)
+        if hashed:
+            self._digest.update(data)
         return data
 
 
@@ -468,8 +474,8 @@ class GatheredStreams:
             validate_digest(if_sha256)
         upload = Upload(chunks, STREAM_CHUNK_SIZE, getattr(self, "max_object_size", None))
         buffer = io.BytesIO()
-        async for piece in upload.pieces():
-            buffer.write(piece)
+        async for chunk in upload.checked():
+            buffer.write(chunk)
         blob = buffer.getvalue()
         if if_absent:
             stored = await self.create(key, blob)
