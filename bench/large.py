@@ -46,12 +46,11 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 from urllib.parse import quote  # noqa: E402
 
-import dj_database_url  # noqa: E402
 import httpx  # noqa: E402
 import psycopg  # noqa: E402
 
 from bench.http import Server, free_port  # noqa: E402
-from bench.storage import ADMIN_URL  # noqa: E402
+from bench.storage import ADMIN_URL, postgres_database  # noqa: E402
 
 MIB = 1024 * 1024
 BLOCK = os.urandom(MIB)
@@ -395,39 +394,28 @@ def main() -> None:
           f"{proxystore.__version__}, psycopg {psycopg.__version__}, httpx {httpx.__version__}; "
           f"{' '.join(sys.argv)}")  # fmt: skip
     print(f"{rounds} round(s) of 100 MiB" + ("" if quick else "; 1 GiB once per server of ours"))
-    admin = dj_database_url.parse(ADMIN_URL)
-    try:
-        server = psycopg.connect(
-            host=admin["HOST"], port=admin["PORT"] or 5432, user=admin["USER"],
-            password=admin["PASSWORD"], dbname=admin["NAME"], autocommit=True,
-        )  # fmt: skip
-    except psycopg.OperationalError as error:
-        raise SystemExit(f"PostgreSQL is needed at {ADMIN_URL}: {error}") from None
-    pg_name = f"blobstore_bench_large_{os.getpid()}"
-    server.execute(f'CREATE DATABASE "{pg_name}"')
-    pg_url = ADMIN_URL.rsplit("/", 1)[0] + f"/{pg_name}"
     var = ROOT / "var"
     var.mkdir(exist_ok=True)
-    try:
-        with tempfile.TemporaryDirectory(dir=var) as home:
-            sites = [
-                Site("theirs-dict", "theirs", "dict", Path(home), free_port()),
-                Site("theirs-sqlite", "theirs", "sqlite", Path(home), free_port()),
-                Site("ours-sqlite", "ours", "orm", Path(home), free_port()),
-                Site("ours-pg", "ours", "orm", Path(home), free_port(), database_url=pg_url),
-            ]
-            try:
-                for site in sites:
-                    site.start()
-                measure_http(sites, rounds, quick)
-            finally:
-                for site in sites:
-                    site.stop()
-            api = measure_api(home, pg_name, sizes, rounds)
-            report(sites, api, quick)
-    finally:
-        server.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
-        server.close()
+    with (
+        postgres_database("blobstore_bench_large") as pg_name,
+        tempfile.TemporaryDirectory(dir=var) as home,
+    ):
+        pg_url = ADMIN_URL.rsplit("/", 1)[0] + f"/{pg_name}"
+        sites = [
+            Site("theirs-dict", "theirs", "dict", Path(home), free_port()),
+            Site("theirs-sqlite", "theirs", "sqlite", Path(home), free_port()),
+            Site("ours-sqlite", "ours", "orm", Path(home), free_port()),
+            Site("ours-pg", "ours", "orm", Path(home), free_port(), database_url=pg_url),
+        ]
+        try:
+            for site in sites:
+                site.start()
+            measure_http(sites, rounds, quick)
+        finally:
+            for site in sites:
+                site.stop()
+        api = measure_api(home, pg_name, sizes, rounds)
+        report(sites, api, quick)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import statistics
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,26 @@ COMPARED = {  # ours: the ProxyStore backend it is measured against
     "ours-orm-sqlite": "theirs-sqlite",
     "ours-orm-pg": "theirs-sqlite",
 }
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """Create an empty PostgreSQL database for the run; yield its name, then drop it."""
+    admin = dj_database_url.parse(ADMIN_URL)
+    try:
+        server = psycopg.connect(
+            host=admin["HOST"], port=admin["PORT"] or 5432, user=admin["USER"],
+            password=admin["PASSWORD"], dbname=admin["NAME"], autocommit=True,
+        )  # fmt: skip
+    except psycopg.OperationalError as error:
+        raise SystemExit(f"PostgreSQL is needed at {ADMIN_URL}: {error}") from None
+    name = f"{prefix}_{os.getpid()}"
+    with server:
+        server.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield name
+        finally:
+            server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def configure_django(directory: str, pg_name: str) -> None:
@@ -235,33 +256,22 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, Django {django.__version__}, aiosqlite "
           f"{aiosqlite.__version__}, psycopg {psycopg.__version__}, SQLite "
           f"{sqlite3.sqlite_version}; {' '.join(sys.argv)}")  # fmt: skip
-    pg_name = f"blobstore_bench_{os.getpid()}"
-    admin = dj_database_url.parse(ADMIN_URL)
-    try:
-        server = psycopg.connect(
-            host=admin["HOST"], port=admin["PORT"] or 5432, user=admin["USER"],
-            password=admin["PASSWORD"], dbname=admin["NAME"], autocommit=True,
-        )  # fmt: skip
-    except psycopg.OperationalError as error:
-        raise SystemExit(f"PostgreSQL is needed at {ADMIN_URL}: {error}") from None
-    server.execute(f'CREATE DATABASE "{pg_name}"')
     var = ROOT / "var"
     var.mkdir(exist_ok=True)
-    try:
-        with tempfile.TemporaryDirectory(dir=var) as directory:
-            configure_django(directory, pg_name)
-            from django.core.management import call_command
+    with (
+        postgres_database("blobstore_bench") as pg_name,
+        tempfile.TemporaryDirectory(dir=var) as directory,
+    ):
+        configure_django(directory, pg_name)
+        from django.core.management import call_command
 
-            for alias in ("default", "postgres"):
-                call_command("migrate", database=alias, verbosity=0)
-            results = asyncio.run(measure(directory, rounds, quick))
-            from django.db import connections
+        for alias in ("default", "postgres"):
+            call_command("migrate", database=alias, verbosity=0)
+        results = asyncio.run(measure(directory, rounds, quick))
+        from django.db import connections
 
-            connections.close_all()
-            report(results, memory_copies(directory, pg_name))
-    finally:
-        server.execute(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
-        server.close()
+        connections.close_all()
+        report(results, memory_copies(directory, pg_name))
 
 
 if __name__ == "__main__":
