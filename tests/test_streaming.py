@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.db import connections
-from django.test import SimpleTestCase, TestCase, TransactionTestCase
+from django.test import SimpleTestCase, TestCase, TransactionTestCase, override_settings
 
 from blobstore.exceptions import ObjectSizeExceededError
 from blobstore.models import Blob, BlobChunk
@@ -282,6 +282,18 @@ class ORMStreamingTests(StreamingTests, TestCase):
         await self.storage.set("k", self.large)
         await Blob.objects.using(self.using).filter(key="k").adelete()
         self.assertFalse(await BlobChunk.objects.using(self.using).aexists())
+
+    @override_settings(DEBUG=True)
+    async def test_query_log_keeps_no_chunks(self) -> None:
+        # With DEBUG on, Django logs each statement with its parameters.
+        await self.storage.set("k", self.large)
+        self.assertEqual(await self.storage.get("k"), self.large)
+        await self.storage.set("k", b"small")
+        logged = await sync_to_async(self.logged_characters)()
+        self.assertLess(logged, CHUNK_SIZE)
+
+    def logged_characters(self) -> int:
+        return sum(len(query["sql"]) for query in connections[self.using].queries)
 
 
 class ORMPostgreSQLStreamingTests(ORMStreamingTests):

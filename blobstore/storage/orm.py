@@ -470,16 +470,21 @@ def _binary_postgresql(connection: BaseDatabaseWrapper) -> bool:
 
 
 def _cursor(connection: BaseDatabaseWrapper, *, streaming: bool = False) -> Any:
-    """Return a cursor whose results hold bytes as bytes, not as hex text."""
+    """Return a cursor that moves bytes as bytes and keeps no copy of them.
+
+    Django's own cursors would, with DEBUG on, keep every statement with
+    its parameters (whole chunks) in the connection's query log; on
+    PostgreSQL they bind parameters on the client, where bytes become text.
+    """
     if _binary_postgresql(connection):
         raw = connection.connection
         if streaming:
             return raw.cursor(name=f"blobstore_{uuid.uuid4().hex}", binary=True)
         import psycopg
 
-        # Django's cursors bind parameters on the client, where bytes become text.
         return psycopg.Cursor(raw)
-    return connection.chunked_cursor() if streaming else connection.cursor()
+    connection.ensure_connection()
+    return connection.create_cursor(name=f"blobstore_{uuid.uuid4().hex}" if streaming else None)
 
 
 def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> list[Any]:
