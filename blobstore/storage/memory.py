@@ -29,8 +29,10 @@ class DictStorage(GatheredStreams, BaseStorage):
         super().__init__(max_object_size=max_object_size)
         self._data: dict[str, bytes] = {}
         # When each blob was set, and its digest once asked for; kept apart
-        # from _data so that get() stays a single dict lookup.
-        self._meta: dict[str, tuple[float, str | None]] = {}
+        # from _data so that get() stays a single dict lookup, and as plain
+        # floats and strs, which the garbage collector does not track.
+        self._updated: dict[str, float] = {}
+        self._digests: dict[str, str] = {}
 
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """Return the blob for key, or default when there is none."""
@@ -56,7 +58,9 @@ class DictStorage(GatheredStreams, BaseStorage):
             and (limit is None or len(blob) <= limit)
         ):
             self._data[key] = blob
-            self._meta[key] = (time.time(), None)
+            self._updated[key] = time.time()
+            if self._digests:
+                self._digests.pop(key, None)
         else:
             self._store(key, validate_item(key, blob, limit))
 
@@ -77,12 +81,15 @@ class DictStorage(GatheredStreams, BaseStorage):
         except (KeyError, TypeError):
             validate_key(key)
         else:
-            del self._meta[key]
+            del self._updated[key]
+            if self._digests:
+                self._digests.pop(key, None)
 
     async def close(self) -> None:
         """Forget every blob, as ProxyStore's DictStorage does."""
         self._data.clear()
-        self._meta.clear()
+        self._updated.clear()
+        self._digests.clear()
 
     async def list_blobs(
         self, prefix: str = "", *, after: str = "", limit: int = DEFAULT_PAGE_SIZE
@@ -122,14 +129,13 @@ class DictStorage(GatheredStreams, BaseStorage):
     def _store(self, key: str, data: bytes | memoryview) -> None:
         # A view may belong to a buffer that the caller changes later: keep a copy.
         self._data[key] = data if type(data) is bytes else bytes(data)
-        self._meta[key] = (time.time(), None)
+        self._updated[key] = time.time()
+        self._digests.pop(key, None)
 
     def _info(self, key: str) -> BlobInfo:
         data = self._data[key]
-        updated, digest = self._meta[key]
+        digest = self._digests.get(key)
         if digest is None:
-            digest = hashlib.sha256(data).hexdigest()
-            self._meta[key] = (updated, digest)
-        return BlobInfo(
-            key, len(data), datetime.datetime.fromtimestamp(updated, datetime.UTC), digest
-        )
+            digest = self._digests[key] = hashlib.sha256(data).hexdigest()
+        updated = datetime.datetime.fromtimestamp(self._updated[key], datetime.UTC)
+        return BlobInfo(key, len(data), updated, digest)
