@@ -68,7 +68,7 @@ class ORMStorage(ChunkedStorage):
         if not isinstance(using, str):
             raise TypeError(f"using must be a database alias (a str), not {type(using).__name__}.")
         self.using = using
-        self._head_sql: str | None = None
+        self._selects: dict[tuple[str, ...], str] = {}
 
     @property
     def blobs(self) -> QuerySet[Blob]:
@@ -89,7 +89,7 @@ class ORMStorage(ChunkedStorage):
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """Return the blob for key, or default when there is none."""
         validate_key(key)
-        rows = await sync_to_async(self._select_head)(key)
+        rows = await sync_to_async(self._select_by_key)(("data", "version"), key)
         if not rows:
             return default
         head, version = rows[0]
@@ -113,7 +113,7 @@ class ORMStorage(ChunkedStorage):
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
         validate_key(key)
-        return await self.blobs.filter(key=key).aexists()
+        return bool(await sync_to_async(self._select_by_key)((), key))
 
     async def evict(self, key: str) -> None:
         """Remove the blob stored under key, if there is one."""
@@ -189,15 +189,18 @@ class ORMStorage(ChunkedStorage):
     def _now(self) -> datetime.datetime:
         return timezone.now()
 
-    def _select_head(self, key: str) -> list[tuple[bytes, Any]]:
-        # Raw SQL, built once: compiling the query would cost more than running it.
-        if self._head_sql is None:
-            table, (data, version) = _prepared(
-                self.blobs.model, connections[self.using], {"data": b"", "version": None}
+    def _select_by_key(self, columns: tuple[str, ...], key: str) -> list[tuple[Any, ...]]:
+        """Return the given columns of the row of key, as a list of at most one row."""
+        # Raw SQL, built once: compiling a query would cost more than running it.
+        sql = self._selects.get(columns)
+        if sql is None:
+            table, quoted = _prepared(
+                self.blobs.model, connections[self.using], dict.fromkeys(columns)
             )
             key_column = _quoted(self.using, "key")
-            self._head_sql = f"SELECT {data}, {version} FROM {table} WHERE {key_column} = %s"
-        return _execute(connections[self.using], self._head_sql, [key])
+            sql = f"SELECT {', '.join(quoted) or '1'} FROM {table} WHERE {key_column} = %s"
+            self._selects[columns] = sql
+        return _execute(connections[self.using], sql, [key])
 
     def _upsert_unchunked(self, row: Version) -> bool:
         """Insert or replace an unchunked blob in one statement; return False if it is chunked."""
