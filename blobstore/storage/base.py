@@ -265,20 +265,16 @@ def validate_range(size: int, start: object, stop: object) -> tuple[int, int]:
 class Upload:
     """The chunks of a blob being written, checked, counted and hashed as they pass.
 
-    Iterating :meth:`pieces` yields the blob cut into pieces of ``piece_size``
-    bytes (the last may be shorter, and there is at least one), and raises
-    ``TypeError`` for a chunk that is not bytes-like or
+    Iterating :meth:`checked` or :meth:`pieces` raises ``TypeError`` for a
+    chunk that is not bytes-like, and
     :class:`~blobstore.exceptions.ObjectSizeExceededError` as soon as the
     total is over ``max_object_size``.
     """
 
-    def __init__(
-        self, chunks: AsyncIterable[BytesLike], piece_size: int, max_object_size: int | None
-    ) -> None:
+    def __init__(self, chunks: AsyncIterable[BytesLike], max_object_size: int | None) -> None:
         if not isinstance(chunks, AsyncIterable):
             raise TypeError(f"chunks must be an async iterable, not {type(chunks).__name__}.")
         self.chunks = chunks
-        self.piece_size = piece_size
         self.max_object_size = max_object_size
         self.size = 0
         self._digest = hashlib.sha256()
@@ -293,25 +289,28 @@ class Upload:
         async for chunk in self.chunks:
             yield self._count(chunk, hashed=False)
 
-    async def pieces(self) -> AsyncIterator[BytesLike]:
-        """Yield the blob in pieces of piece_size bytes, none of which changes afterwards."""
+    async def pieces(self, size: int) -> AsyncIterator[BytesLike]:
+        """Yield the blob in pieces of size bytes, hashed, none of which changes afterwards.
+
+        The last piece may be shorter, and there is at least one.
+        """
         pending = bytearray()
         async for chunk in self.chunks:
             data = memoryview(self._count(chunk))
             if pending:  # fill the pending piece first
-                taken = self.piece_size - len(pending)
+                taken = size - len(pending)
                 pending += data[:taken]
                 data = data[taken:]
-                if len(pending) < self.piece_size:
+                if len(pending) < size:
                     continue
                 piece, pending = pending, bytearray()
                 yield piece
             if not isinstance(data.obj, bytes):
                 data = memoryview(data.tobytes())  # the caller may reuse its buffer
             # Whole pieces of a large chunk go out as views, without a copy.
-            while len(data) >= self.piece_size:
-                yield data[: self.piece_size]
-                data = data[self.piece_size :]
+            while len(data) >= size:
+                yield data[:size]
+                data = data[size:]
             pending += data
         if pending or self.size == 0:
             yield pending
@@ -472,7 +471,7 @@ class GatheredStreams:
         validate_key(key)
         if if_sha256 is not None:
             validate_digest(if_sha256)
-        upload = Upload(chunks, STREAM_CHUNK_SIZE, getattr(self, "max_object_size", None))
+        upload = Upload(chunks, getattr(self, "max_object_size", None))
         buffer = io.BytesIO()
         async for chunk in upload.checked():
             buffer.write(chunk)

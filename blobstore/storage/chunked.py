@@ -104,10 +104,10 @@ class ChunkedStorage(BaseStorage):
         validate_key(key)
         if if_sha256 is not None:
             validate_digest(if_sha256)
-        upload = Upload(chunks, self.chunk_size, self.max_object_size)
-        pieces = upload.pieces()
+        upload = Upload(chunks, self.max_object_size)
+        pieces = upload.pieces(self.chunk_size)
         head = await anext(pieces)
-        version: uuid.UUID | None = None
+        version = uuid.uuid4()  # named by the row only if the blob has chunks
         sink: ChunkSink | None = None
         # One chunk goes to the database while the next one arrives.
         inserting: asyncio.Future[None] | None = None
@@ -117,26 +117,23 @@ class ChunkedStorage(BaseStorage):
                 if sink is None:
                     await self.purge()
                     sink = await self._open_sink()
-                    version = uuid.uuid4()
                 if inserting is not None:
                     await inserting
                 index += 1
-                inserting = asyncio.ensure_future(sink.insert(version, index, piece))  # type: ignore[arg-type]
+                inserting = asyncio.ensure_future(sink.insert(version, index, piece))
             if inserting is not None:
                 await inserting
-            row = Version(key, head, upload.size, upload.sha256, version, self._now())
+            row = Version(
+                key, head, upload.size, upload.sha256, version if sink else None, self._now()
+            )
             stored = await self._commit(row, if_absent=if_absent, if_sha256=if_sha256)
         except BaseException:
             if inserting is not None:
                 await asyncio.wait([inserting])  # let it finish before its sink closes
-            await self._abandon(sink, version)
+            await self._end_upload(sink, version)
             raise
-        if sink is not None:
-            await sink.close()
-        if not stored:
-            await self._abandon(None, version)
-            return None
-        return row.info()
+        await self._end_upload(sink, None if stored else version)
+        return row.info() if stored else None
 
     async def stream(
         self, key: str, *, start: int = 0, stop: int | None = None
@@ -198,9 +195,11 @@ class ChunkedStorage(BaseStorage):
         """Return the time to record as a version's update."""
         return datetime.datetime.now(datetime.UTC)
 
-    async def _abandon(self, sink: ChunkSink | None, version: uuid.UUID | None) -> None:
-        if sink is not None:
-            await sink.close()
+    async def _end_upload(self, sink: ChunkSink | None, version: uuid.UUID | None) -> None:
+        """Close the upload's sink, if it has one, and delete the chunks of version, if given."""
+        if sink is None:
+            return
+        await sink.close()
         if version is not None:
             await self._discard(version)
 
