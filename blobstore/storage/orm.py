@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sized
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -330,7 +330,7 @@ class _ChunkReader:
         if connection.vendor == "postgresql" and self.session.private:
             # A server-side cursor lives in a transaction: one statement, one snapshot.
             connection.set_autocommit(False)
-        self.cursor = _cursor(connection, streaming=True)
+        self.cursor = _cursor(connection, binary=_binary_postgresql(connection), streaming=True)
         with connection.wrap_database_errors:
             self.cursor.execute(*self._query())
 
@@ -454,7 +454,7 @@ def _prepared(
     return quote(str(model._meta.db_table)), prepared
 
 
-def _marks(columns: Sequence[str] | dict[str, Any]) -> str:
+def _marks(columns: Sized) -> str:
     return ", ".join(["%s"] * len(columns))
 
 
@@ -472,31 +472,32 @@ def _binary_postgresql(connection: BaseDatabaseWrapper) -> bool:
     )
 
 
-def _cursor(connection: BaseDatabaseWrapper, *, streaming: bool = False) -> Any:
+def _cursor(connection: BaseDatabaseWrapper, *, binary: bool, streaming: bool = False) -> Any:
     """Return a cursor that moves bytes as bytes and keeps no copy of them.
 
     Django's own cursors would, with DEBUG on, keep every statement with
     its parameters (whole chunks) in the connection's query log; on
     PostgreSQL they bind parameters on the client, where bytes become text.
+    binary is what :func:`_binary_postgresql`, which also opens the
+    connection, said of it.
     """
-    if _binary_postgresql(connection):
+    if binary:
         raw = connection.connection
         if streaming:
             return raw.cursor(name=f"blobstore_{uuid.uuid4().hex}", binary=True)
         import psycopg
 
         return psycopg.Cursor(raw)
-    connection.ensure_connection()
     return connection.create_cursor(name=f"blobstore_{uuid.uuid4().hex}" if streaming else None)
 
 
 def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> list[Any]:
     """Run one statement in the connection's current transaction; return its rows, if any."""
-    cursor = _cursor(connection)
-    binary = {"binary": True} if _binary_postgresql(connection) else {}
+    binary = _binary_postgresql(connection)
+    cursor = _cursor(connection, binary=binary)
     with connection.wrap_database_errors:
         try:
-            cursor.execute(sql, params, **binary)
+            cursor.execute(sql, params, **({"binary": True} if binary else {}))
             return list(cursor.fetchall()) if cursor.description else []
         finally:
             cursor.close()
