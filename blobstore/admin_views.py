@@ -12,13 +12,12 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.http import content_disposition_header
 
+from blobstore.http import OCTET_STREAM, SAFE_HEADERS, closing_chunks
 from blobstore.models import Blob
 from blobstore.preview import image_type
 from blobstore.storage import BlobInfo, BlobStream, ORMStorage, storages
 from blobstore.storage.base import STREAM_CHUNK_SIZE
 
-# Blob bytes are never a page for the browser: no sniffing, no scripts, no plugins.
-_DATA_CSP = "default-src 'none'; sandbox"
 # An image opened on its own is still a document: it may show itself, nothing more.
 _IMAGE_CSP = "default-src 'none'; img-src 'self'; sandbox"
 
@@ -70,7 +69,7 @@ async def upload_chunks(upload: UploadedFile[bytes]) -> AsyncIterator[bytes]:
 
 def download_response(stream: BlobStream) -> StreamingHttpResponse:
     """Return a response that streams the blob as an attachment named after its key."""
-    response = _streamed(stream, "application/octet-stream", _DATA_CSP)
+    response = _streamed(stream, OCTET_STREAM, SAFE_HEADERS["Content-Security-Policy"])
     response["Content-Disposition"] = content_disposition_header(
         as_attachment=True, filename=download_name(stream.info.key)
     )
@@ -90,7 +89,7 @@ def zip_response(store: ORMStorage, keys: list[str]) -> StreamingHttpResponse:
     response["Content-Disposition"] = content_disposition_header(
         as_attachment=True, filename="blobs.zip"
     )
-    _protect(response, _DATA_CSP)
+    _protect(response, SAFE_HEADERS["Content-Security-Policy"])
     return response
 
 
@@ -166,19 +165,12 @@ class _Sink:
 
 
 def _streamed(stream: BlobStream, content_type: str, csp: str) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(_chunks(stream), content_type=content_type)
+    response = StreamingHttpResponse(closing_chunks(stream), content_type=content_type)
     response["Content-Length"] = str(stream.length)
     _protect(response, csp)
     return response
 
 
-async def _chunks(stream: BlobStream) -> AsyncIterator[bytes]:
-    async with stream:
-        async for chunk in stream:
-            yield chunk
-
-
 def _protect(response: StreamingHttpResponse, csp: str) -> None:
-    response["Content-Security-Policy"] = csp
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Cross-Origin-Resource-Policy"] = "same-origin"
+    for name, value in {**SAFE_HEADERS, "Content-Security-Policy": csp}.items():
+        response[name] = value

@@ -18,6 +18,13 @@ INLINE_RESPONSE_SIZE = 1024 * 1024
 """Blobs up to this size are read whole before the response starts; larger ones stream."""
 OCTET_STREAM = "application/octet-stream"
 
+# Served blobs are data, never a page: no sniffing, no rendering, no scripts.
+SAFE_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; sandbox",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+
 
 class BadRequest(Exception):
     """The client asked for something malformed or impossible; status is 4xx."""
@@ -86,12 +93,15 @@ async def blob_response(stream: BlobStream, status: int = 200) -> HttpResponseBa
             body = await stream.read()
         response: HttpResponseBase = HttpResponse(body, status=status, content_type=OCTET_STREAM)
     else:
-        response = StreamingHttpResponse(_closing(stream), status=status, content_type=OCTET_STREAM)
+        response = StreamingHttpResponse(
+            closing_chunks(stream), status=status, content_type=OCTET_STREAM
+        )
     response["Content-Length"] = str(stream.length)
     return response
 
 
-async def _closing(stream: BlobStream) -> AsyncIterator[bytes]:
+async def closing_chunks(stream: BlobStream) -> AsyncIterator[bytes]:
+    """Yield the stream's chunks, and close it when they end or the consumer stops."""
     async with stream:
         async for chunk in stream:
             yield chunk

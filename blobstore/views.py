@@ -24,6 +24,7 @@ from django.views.decorators.csrf import csrf_exempt
 from blobstore.auth import AccessDenied, authorize
 from blobstore.http import (
     OCTET_STREAM,
+    SAFE_HEADERS,
     BadRequest,
     blob_response,
     checked_key,
@@ -41,13 +42,6 @@ OPEN_ATTEMPTS = 5
 """How often a GET looks again for a blob replaced between its record and its bytes."""
 RECORD_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "Range")
 """Request headers whose answer depends on the blob's record."""
-
-# Served blobs are data, never a page: no sniffing, no rendering, no scripts.
-SAFE_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'none'; sandbox",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
 
 
 def storage() -> StreamingStorage:
