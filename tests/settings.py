@@ -14,6 +14,9 @@ import dj_database_url
 from project.settings import *  # noqa: F403
 from project.settings import SQLITE_OPTIONS, VAR_DIR
 
+# Lets two test runs on one machine use PostgreSQL at once, each with its own databases.
+DATABASE_SUFFIX = os.environ.get("BLOBSTORE_TEST_DB_SUFFIX", "")
+
 POSTGRES_URL = os.environ.get(
     "BLOBSTORE_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/blobstore"
 )
@@ -26,6 +29,8 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = SQLITE_OPTIONS
     # A file, not Django's in-memory test database, so other processes can share it.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-default.sqlite3")}
-DATABASES["postgres"]["TEST"] = {"NAME": "test_blobstore_postgres"}
+else:
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}{DATABASE_SUFFIX}"}
+DATABASES["postgres"]["TEST"] = {"NAME": f"test_blobstore_postgres{DATABASE_SUFFIX}"}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
