@@ -37,8 +37,10 @@ GOOD_KEYS = [
     "鍵",
     "emoji 😀",
     "x" * MAX_KEY_LENGTH,
-    "😀" * MAX_KEY_LENGTH,
+    "😀" * (MAX_KEY_LENGTH // 4),
+    "鍵" * (MAX_KEY_LENGTH // 3),
     "'quotes\"",
+    "\x80 C1 controls \x9f are text",
 ]
 
 BAD_KEYS: list[tuple[Any, type[Exception]]] = [
@@ -50,6 +52,12 @@ BAD_KEYS: list[tuple[Any, type[Exception]]] = [
     ("x" * (MAX_KEY_LENGTH + 1), ValueError),
     ("nul\x00inside", ValueError),
     ("lone \ud800 surrogate", ValueError),
+    ("😀" * (MAX_KEY_LENGTH // 4) + "x", ValueError),
+    ("鍵" * (MAX_KEY_LENGTH // 3 + 1), ValueError),
+    ("line\nfeed", ValueError),
+    ("tab\tinside", ValueError),
+    ("delete \x7f", ValueError),
+    ("ключ\r", ValueError),
 ]
 
 SHA256_HELLO = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
@@ -489,7 +497,7 @@ class ORMStoragePostgreSQLTests(ORMStorageTests):
         self.assertEqual(connections[self.using].vendor, "postgresql")
 
     async def test_longest_key_of_four_byte_characters_is_indexed(self) -> None:
-        key = "😀" * MAX_KEY_LENGTH
+        key = "😀" * (MAX_KEY_LENGTH // 4)
         await self.storage.set(key, b"x")
         await self.storage.set(key, b"y")
         self.assertEqual(await self.storage.get(key), b"y")

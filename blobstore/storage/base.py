@@ -8,10 +8,13 @@ Every built-in backend also keeps these rules, which one conformance suite
 (``tests/test_storage.py``) proves for all of them:
 
 Keys
-    A key is a non-empty ``str`` of at most :data:`MAX_KEY_LENGTH` characters
-    with no NUL character. Any other ``str`` raises ``ValueError``; a value that
-    is not a ``str`` raises ``TypeError``. Every method checks its key, so a key
-    that could never be stored is reported, not silently "absent".
+    A key is a non-empty ``str`` of at most :data:`MAX_KEY_LENGTH` bytes in
+    UTF-8 (as S3 counts), with no control character (U+0000 to U+001F,
+    U+007F) and no lone surrogate. Any other ``str`` raises ``ValueError``; a
+    value that is not a ``str`` raises ``TypeError``. Every method checks its
+    key, so a key that could never be stored is reported, not silently
+    "absent"; and every valid key fits every database's key index and every
+    route of the HTTP API.
 
 Blobs
     ``set`` accepts ``bytes``, ``bytearray`` and ``memoryview`` and stores their
@@ -61,6 +64,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import io
+import re
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -70,7 +74,7 @@ from typing import Protocol, Self, runtime_checkable
 from blobstore.exceptions import ObjectSizeExceededError
 
 MAX_KEY_LENGTH = 1024
-"""The longest key, in characters."""
+"""The longest key, in bytes of its UTF-8 form."""
 
 DEFAULT_MAX_OBJECT_SIZE = 100 * 1024 * 1024
 """The largest blob a storage accepts unless told otherwise, in bytes (100 MiB)."""
@@ -85,6 +89,7 @@ BytesLike = bytes | bytearray | memoryview
 """What ``set`` accepts: ``bytes`` and any flat view of bytes."""
 
 _FIRST_SURROGATE, _LAST_SURROGATE = 0xD800, 0xDFFF
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 @runtime_checkable
@@ -334,12 +339,16 @@ def validate_key(key: object) -> str:
     """Return key if it is a valid key, or raise TypeError or ValueError."""
     if not isinstance(key, str):
         raise TypeError(f"A key must be a str, not {type(key).__name__}.")
-    if not key or len(key) > MAX_KEY_LENGTH or "\x00" in key or not _is_utf8(key):
-        raise ValueError(
-            f"A key must be 1 to {MAX_KEY_LENGTH} characters of Unicode text with no NUL "
-            f"character; got {_abbreviate(key)!r} ({len(key)} characters)."
-        )
-    return key
+    if key.isascii():
+        # Printable ASCII is every ASCII character but the controls.
+        if 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable():
+            return key
+    elif key and _utf8_length(key) <= MAX_KEY_LENGTH and not _CONTROL.search(key):
+        return key
+    raise ValueError(
+        f"A key must be 1 to {MAX_KEY_LENGTH} bytes of UTF-8 text with no control character; "
+        f"got {_abbreviate(key)!r}."
+    )
 
 
 def validate_item(key: object, blob: object, max_object_size: int | None) -> bytes | memoryview:
@@ -411,6 +420,14 @@ def prefix_end(prefix: str) -> str | None:
             return prefix[:-1] + chr(successor)
         prefix = prefix[:-1]
     return None
+
+
+def _utf8_length(text: str) -> int:
+    """Return the length of text in UTF-8, or one past any limit if it has a lone surrogate."""
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError:
+        return sys.maxsize
 
 
 def _is_utf8(text: str) -> bool:

@@ -54,7 +54,7 @@ class DictStorage(GatheredStreams, BaseStorage):
             and type(blob) is bytes
             and 0 < len(key) <= MAX_KEY_LENGTH
             and key.isascii()
-            and "\x00" not in key
+            and key.isprintable()
             and (limit is None or len(blob) <= limit)
         ):
             self._data[key] = blob
