@@ -61,6 +61,7 @@ Streaming
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import io
@@ -69,7 +70,7 @@ import sys
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self, runtime_checkable
+from typing import Protocol, Self, TypeVar, runtime_checkable
 
 from blobstore.exceptions import ObjectSizeExceededError
 
@@ -87,6 +88,8 @@ STREAM_CHUNK_SIZE = 1024 * 1024
 
 BytesLike = bytes | bytearray | memoryview
 """What ``set`` accepts: ``bytes`` and any flat view of bytes."""
+
+T = TypeVar("T")
 
 _FIRST_SURROGATE, _LAST_SURROGATE = 0xD800, 0xDFFF
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
@@ -328,6 +331,30 @@ class Upload:
         if hashed:
             self._digest.update(data)
         return data
+
+
+async def run_to_end(awaitable: Awaitable[T]) -> T:
+    """Return the result of awaitable, which runs to its end even if the caller is cancelled.
+
+    Work handed to a thread goes on when the coroutine that awaits it is
+    cancelled. Every step of a write awaits its database work through this,
+    so that whatever runs next, cleanup included, knows how the work ended
+    and never shares a connection with it. The caller's cancellation is
+    raised once the work is done.
+    """
+    task = asyncio.ensure_future(awaitable)
+    cancellation: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            # Unlike await task, a cancelled wait() leaves the task running.
+            await asyncio.wait([task])
+        except asyncio.CancelledError as error:
+            cancellation = error
+    if cancellation is not None:
+        if not task.cancelled():
+            task.exception()  # retrieved: the cancellation is what the caller sees
+        raise cancellation
+    return task.result()
 
 
 async def once(blob: bytes | memoryview) -> AsyncIterator[bytes | memoryview]:

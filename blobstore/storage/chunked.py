@@ -9,13 +9,15 @@ an upload that fails leaves the previous blob as it was. A backend supplies
 the database steps: :meth:`ChunkedStorage._read_head`,
 :meth:`~ChunkedStorage._open_chunks`, :meth:`~ChunkedStorage._open_sink`,
 :meth:`~ChunkedStorage._commit`, :meth:`~ChunkedStorage._discard` and
-:meth:`~ChunkedStorage.purge`.
+:meth:`~ChunkedStorage._purge_batch`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
+import logging
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from blobstore.storage.base import (
     BlobStream,
     BytesLike,
     Upload,
+    run_to_end,
     slices,
     validate_digest,
     validate_key,
@@ -39,7 +42,12 @@ CHUNK_SIZE = 1024 * 1024
 ORPHAN_AGE = datetime.timedelta(hours=1)
 """How long :meth:`ChunkedStorage.purge` waits before it takes an upload for abandoned."""
 
+PURGE_BATCH = 16
+"""How many abandoned versions one transaction of :meth:`ChunkedStorage.purge` deletes."""
+
 _ATTEMPTS = 5
+
+logger = logging.getLogger("blobstore")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,33 +115,37 @@ class ChunkedStorage(BaseStorage):
         upload = Upload(chunks, self.max_object_size)
         pieces = upload.pieces(self.chunk_size)
         head = await anext(pieces)
-        version = uuid.uuid4()  # named by the row only if the blob has chunks
-        sink: ChunkSink | None = None
-        # One chunk goes to the database while the next one arrives.
-        inserting: asyncio.Future[None] | None = None
+        rows = _ChunkWriter(self, uuid.uuid4())
         try:
-            index = 0
             async for piece in pieces:
-                if sink is None:
-                    await self.purge()
-                    sink = await self._open_sink()
-                if inserting is not None:
-                    await inserting
-                index += 1
-                inserting = asyncio.ensure_future(sink.insert(version, index, piece))
-            if inserting is not None:
-                await inserting
-            row = Version(
-                key, head, upload.size, upload.sha256, version if sink else None, self._now()
-            )
+                await rows.add(piece)
+        except BaseException:
+            # The body failed, went over the limit or was cancelled: nothing changes.
+            await run_to_end(rows.abandon())
+            raise
+        row = Version(
+            key, head, upload.size, upload.sha256, rows.version if rows.used else None, self._now()
+        )
+        # From here on the outcome is the database's: the commit and its
+        # cleanup run to their end even if the caller stops waiting.
+        stored = await run_to_end(self._finish(rows, row, if_absent=if_absent, if_sha256=if_sha256))
+        return row.info() if stored else None
+
+    async def _finish(
+        self, rows: _ChunkWriter, row: Version, *, if_absent: bool, if_sha256: str | None
+    ) -> bool:
+        """Commit row once its chunks are in; drop its chunks unless it was stored."""
+        try:
+            await rows.flush()
             stored = await self._commit(row, if_absent=if_absent, if_sha256=if_sha256)
         except BaseException:
-            if inserting is not None:
-                await asyncio.wait([inserting])  # let it finish before its sink closes
-            await self._end_upload(sink, version)
+            await rows.abandon()
             raise
-        await self._end_upload(sink, None if stored else version)
-        return row.info() if stored else None
+        if stored:
+            await rows.close()
+        else:
+            await rows.abandon()
+        return stored
 
     async def stream(
         self, key: str, *, start: int = 0, stop: int | None = None
@@ -162,13 +174,29 @@ class ChunkedStorage(BaseStorage):
         # Only a writer replacing this key over and over gets here.
         raise RuntimeError(f"The blob {key!r} kept changing while it was being opened.")
 
-    async def purge(self, *, older_than: datetime.timedelta = ORPHAN_AGE) -> int:
+    async def purge(
+        self, *, older_than: datetime.timedelta = ORPHAN_AGE, batches: int | None = None
+    ) -> int:
         """Delete the chunks of uploads that stopped before committing; return how many.
 
         A process killed in the middle of an upload leaves the chunks it had
         written, which no blob names. Uploads still under way keep theirs:
-        only versions whose newest chunk is older than older_than go.
+        only versions whose newest chunk is older than older_than go. Each
+        batch of :data:`PURGE_BATCH` versions is a transaction of its own, so
+        that a purge run from cron never holds the database for long; batches
+        bounds how many run (all, by default).
         """
+        deleted = 0
+        while batches is None or batches > 0:
+            versions, rows = await run_to_end(self._purge_batch(older_than, PURGE_BATCH))
+            deleted += rows
+            if versions < PURGE_BATCH:
+                break
+            batches = None if batches is None else batches - 1
+        return deleted
+
+    async def _purge_batch(self, older_than: datetime.timedelta, limit: int) -> tuple[int, int]:
+        """Delete the chunks of up to limit abandoned versions; return (versions, chunk rows)."""
         raise NotImplementedError
 
     async def _read_head(self, key: str) -> tuple[BlobInfo, bytes, uuid.UUID | None] | None:
@@ -178,6 +206,11 @@ class ChunkedStorage(BaseStorage):
     async def _open_chunks(self, version: uuid.UUID, first: int, last: int) -> ChunkSource:
         """Open the chunks numbered first to last of version, on one snapshot of the data."""
         raise NotImplementedError
+
+    async def _open_upload(self) -> ChunkSink:
+        """Return where an upload's chunks go, after purging a batch of abandoned uploads."""
+        await self.purge(batches=1)
+        return await self._open_sink()
 
     async def _open_sink(self) -> ChunkSink:
         """Return where an upload's chunks go."""
@@ -195,13 +228,64 @@ class ChunkedStorage(BaseStorage):
         """Return the time to record as a version's update."""
         return datetime.datetime.now(datetime.UTC)
 
-    async def _end_upload(self, sink: ChunkSink | None, version: uuid.UUID | None) -> None:
-        """Close the upload's sink, if it has one, and delete the chunks of version, if given."""
-        if sink is None:
-            return
-        await sink.close()
-        if version is not None:
-            await self._discard(version)
+
+class _ChunkWriter:
+    """The chunk rows of a version being written: one goes in while the next arrives.
+
+    Every step is awaited to its end (see :func:`run_to_end`), so that the
+    sink's connection is never used by two threads at once and a version is
+    only dropped once no insert of it is under way.
+    """
+
+    def __init__(self, storage: ChunkedStorage, version: uuid.UUID) -> None:
+        self.storage = storage
+        self.version = version
+        self.count = 0
+        self._sink: ChunkSink | None = None
+        self._inserting: asyncio.Task[None] | None = None
+
+    @property
+    def used(self) -> bool:
+        """Return whether the version has chunk rows, that is, the blob is larger than its head."""
+        return self.count > 0
+
+    async def add(self, piece: BytesLike) -> None:
+        """Start inserting piece as the next chunk, once the previous one is in."""
+        if self._sink is None:
+            await run_to_end(self._open())
+        assert self._sink is not None
+        await self.flush()
+        self.count += 1
+        self._inserting = asyncio.ensure_future(self._sink.insert(self.version, self.count, piece))
+
+    async def _open(self) -> None:
+        # Kept as soon as it is open, so that abandon() closes it after a cancellation.
+        self._sink = await self.storage._open_upload()
+
+    async def flush(self) -> None:
+        """Wait until every chunk added is in."""
+        inserting, self._inserting = self._inserting, None
+        if inserting is not None:
+            await run_to_end(inserting)
+
+    async def close(self) -> None:
+        """Release the sink; the chunks stay, named by the committed row."""
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            await run_to_end(sink.close())
+
+    async def abandon(self) -> None:
+        """Stop, release the sink and delete the version's chunks; never raise for the cleanup."""
+        # An insert that failed left no chunk to delete.
+        with contextlib.suppress(Exception):
+            await self.flush()
+        try:
+            await self.close()
+            if self.used:
+                await run_to_end(self.storage._discard(self.version))
+        except Exception:
+            # The database went away: purge() deletes the chunks later.
+            logger.warning("Could not delete the chunks of abandoned version %s.", self.version)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,14 +7,18 @@ chunks travel as binary parameters and results, not as hex text.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
+import sqlite3
+import threading
+import time
 import uuid
-from collections.abc import Callable, Sized
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Sized
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import sync_to_async
-from django.db import DEFAULT_DB_ALIAS, connections, models, transaction
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -25,13 +29,13 @@ from blobstore.storage.base import (
     BytesLike,
     once,
     prefix_end,
+    run_to_end,
     validate_digest,
     validate_item,
     validate_key,
     validate_listing,
 )
 from blobstore.storage.chunked import (
-    ORPHAN_AGE,
     ChunkedStorage,
     ChunkSink,
     ChunkSource,
@@ -49,6 +53,9 @@ CHUNKS_PER_FETCH = 4
 
 _INFO_FIELDS = ["key", "size", "updated", "sha256"]
 _ATTEMPTS = 5
+_RETRIED_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
+
+T = TypeVar("T")
 
 
 class ORMStorage(ChunkedStorage):
@@ -56,6 +63,10 @@ class ORMStorage(ChunkedStorage):
 
     Connections belong to Django, which opens and closes them; ``close()``
     has nothing of its own to release. SQLite and PostgreSQL are supported.
+    A write that finds the database locked by another writer (SQLite) or
+    deadlocked (PostgreSQL) is tried again for up to ``timeout`` seconds;
+    writes to one SQLite database take turns within the process, whatever
+    the site's SQLite settings.
     """
 
     def __init__(
@@ -63,11 +74,15 @@ class ORMStorage(ChunkedStorage):
         *,
         using: str = DEFAULT_DB_ALIAS,
         max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE,
+        timeout: float = 30.0,
     ) -> None:
         super().__init__(max_object_size=max_object_size)
         if not isinstance(using, str):
             raise TypeError(f"using must be a database alias (a str), not {type(using).__name__}.")
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout < 0:
+            raise ValueError(f"timeout must be a number of seconds, not {timeout!r}.")
         self.using = using
+        self.timeout = float(timeout)
         self._selects: dict[tuple[str, ...], str] = {}
 
     @property
@@ -107,8 +122,8 @@ class ORMStorage(ChunkedStorage):
         row = Version(key, data, len(data), hashlib.sha256(data).hexdigest(), None, timezone.now())
         # One statement replaces a blob of one chunk; a chunked one needs a
         # transaction that deletes its chunks too.
-        if not await sync_to_async(self._upsert_unchunked)(row):
-            await self._commit(row, if_absent=False, if_sha256=None)
+        if not await run_to_end(self._write(self._upsert_unchunked, row)):
+            await run_to_end(self._commit(row, if_absent=False, if_sha256=None))
 
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
@@ -118,7 +133,7 @@ class ORMStorage(ChunkedStorage):
     async def evict(self, key: str) -> None:
         """Remove the blob stored under key, if there is one."""
         validate_key(key)
-        await self.blobs.filter(key=key).adelete()
+        await run_to_end(self._write(self._delete, key))
 
     async def list_blobs(
         self, prefix: str = "", *, after: str = "", limit: int = DEFAULT_PAGE_SIZE
@@ -158,10 +173,6 @@ class ORMStorage(ChunkedStorage):
         validate_digest(sha256)
         return await self.write(key, once(data), if_sha256=sha256) is not None
 
-    async def purge(self, *, older_than: datetime.timedelta = ORPHAN_AGE) -> int:
-        """Delete the chunks of uploads that stopped before committing; return how many."""
-        return await sync_to_async(self._purge)(older_than)
-
     async def _read_head(self, key: str) -> tuple[BlobInfo, bytes, uuid.UUID | None] | None:
         fields = self.blobs.filter(key=key).values_list(*_INFO_FIELDS, "data", "version")
         record = await fields.afirst()
@@ -176,15 +187,22 @@ class ORMStorage(ChunkedStorage):
         return reader
 
     async def _open_sink(self) -> ChunkSink:
-        sink = _ChunkSink(self.using)
+        sink = _ChunkSink(self.using, self.timeout)
         await sink.open()
         return sink
 
     async def _commit(self, row: Version, *, if_absent: bool, if_sha256: str | None) -> bool:
-        return await sync_to_async(self._commit_now)(row, if_absent=if_absent, if_sha256=if_sha256)
+        return bool(await self._write(self._commit_now, row, if_absent, if_sha256))
 
     async def _discard(self, version: uuid.UUID) -> None:
-        await self.chunks.filter(version=version).adelete()
+        await self._write(self._delete_version, version)
+
+    async def _purge_batch(self, older_than: datetime.timedelta, limit: int) -> tuple[int, int]:
+        return await self._write(self._purge_now, older_than, limit)  # type: ignore[no-any-return]
+
+    async def _write(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Return function(*args), a write on Django's connection, run where it may be."""
+        return await sync_to_async(_writing)(connections[self.using], self.timeout, function, *args)
 
     def _now(self) -> datetime.datetime:
         return timezone.now()
@@ -213,7 +231,7 @@ class ORMStorage(ChunkedStorage):
         )
         return bool(_execute(connections[self.using], sql, list(values.values())))
 
-    def _commit_now(self, row: Version, *, if_absent: bool, if_sha256: str | None) -> bool:
+    def _commit_now(self, row: Version, if_absent: bool, if_sha256: str | None) -> bool:
         """Point key at the row's version if the condition holds; return whether it did."""
         for _ in range(_ATTEMPTS):
             with transaction.atomic(using=self.using):
@@ -273,18 +291,34 @@ class ORMStorage(ChunkedStorage):
         }
         return _prepared(self.blobs.model, connections[self.using], values)
 
-    def _purge(self, older_than: datetime.timedelta) -> int:
-        stale = (
-            self.chunks.values("version")
+    def _delete(self, key: str) -> None:
+        """Delete the blob under key, then its chunks: the order in which _commit_now locks."""
+        connection = connections[self.using]
+        table = _quoted(self.using, self.blobs.model._meta.db_table)
+        key_column, version_column = _quoted(self.using, "key"), _quoted(self.using, "version")
+        with transaction.atomic(using=self.using):
+            sql = f"DELETE FROM {table} WHERE {key_column} = %s RETURNING {version_column}"
+            rows = _execute(connection, sql, [key])
+            if rows and rows[0][0] is not None:
+                self._delete_version(_uuid(rows[0][0]))
+
+    def _delete_version(self, version: uuid.UUID) -> None:
+        self.chunks.filter(version=version).delete()
+
+    def _purge_now(self, older_than: datetime.timedelta, limit: int) -> tuple[int, int]:
+        named = self.blobs.exclude(version=None).values("version")
+        stale = list(
+            self.chunks.exclude(version__in=named)
+            .values("version")
             .annotate(newest=Max("created"))
             .filter(newest__lt=timezone.now() - older_than)
-            .exclude(version__in=self.blobs.exclude(version=None).values("version"))
-            .values("version")
+            .values_list("version", flat=True)[:limit]
         )
-        deleted, _ = self.chunks.filter(
-            version__in=list(stale.values_list("version", flat=True))
-        ).delete()
-        return deleted
+        if not stale:
+            return 0, 0
+        # Checked again in the statement that deletes: a commit may have named one since.
+        deleted, _ = self.chunks.filter(version__in=stale).exclude(version__in=named).delete()
+        return len(stale), deleted
 
 
 class _ChunkReader:
@@ -355,8 +389,9 @@ class _ChunkReader:
 class _ChunkSink:
     """Writes an upload's chunks, on a connection of its own outside a transaction."""
 
-    def __init__(self, using: str) -> None:
+    def __init__(self, using: str, timeout: float) -> None:
         self.session = _Session(using, fast_commits=True)
+        self.timeout = timeout
 
     async def open(self) -> None:
         """Choose the connection."""
@@ -364,7 +399,10 @@ class _ChunkSink:
 
     async def insert(self, version: uuid.UUID, index: int, data: BytesLike) -> None:
         """Store chunk number index of version."""
-        await self.session.call(self._insert, version, index, data)
+        connection = self.session.connection
+        await self.session.call(
+            _writing, connection, self.timeout, self._insert, version, index, data
+        )
 
     async def close(self) -> None:
         """Close the sink's own connection."""
@@ -414,8 +452,9 @@ class _Session:
             await self.call(_execute, self.connection, "SET synchronous_commit = off", [])
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
-        """Return function(*args), run where the connection may be used."""
-        return await sync_to_async(function, thread_sensitive=not self.private)(*args)
+        """Return function(*args), run where the connection may be used, to its end."""
+        # Run to its end: another thread must not take the connection meanwhile.
+        return await run_to_end(sync_to_async(function, thread_sensitive=not self.private)(*args))
 
     async def close(self) -> None:
         """Close the session's own connection."""
@@ -431,6 +470,62 @@ class _Session:
             self._connection.inc_thread_sharing()  # used from the thread pool, a call at a time
         else:
             self._connection = shared
+
+
+def _writing(
+    connection: BaseDatabaseWrapper, timeout: float, function: Callable[..., T], *args: Any
+) -> T:
+    """Return function(*args), a write on connection, tried again while the database is busy.
+
+    Writes to one SQLite database take turns within the process: SQLite
+    fails a transaction that must wait for another writer at once, whatever
+    its busy timeout, unless the site made it IMMEDIATE. Between processes,
+    and on PostgreSQL after a deadlock, the whole write is tried again until
+    timeout seconds have passed. Inside the caller's transaction a failed
+    write cannot be tried again: its error goes to the caller.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.002
+    while True:
+        retriable = not connection.in_atomic_block
+        try:
+            with _turn(connection):
+                return function(*args)
+        except DatabaseError as error:
+            if not (retriable and _busy(error)) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
+
+
+_SQLITE_TURNS: dict[str, threading.Lock] = {}
+_SQLITE_TURNS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _turn(connection: BaseDatabaseWrapper) -> Iterator[None]:
+    """Hold the process's turn to write to connection's database, if it is SQLite."""
+    if connection.vendor != "sqlite":
+        yield
+        return
+    with _SQLITE_TURNS_LOCK:
+        turn = _SQLITE_TURNS.setdefault(str(connection.settings_dict["NAME"]), threading.Lock())
+    with turn:
+        yield
+
+
+def _busy(error: DatabaseError) -> bool:
+    """Return whether error means another writer was in the way: locked, or a deadlock."""
+    cause = error.__cause__ or error
+    code = getattr(cause, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    return getattr(cause, "sqlstate", None) in _RETRIED_SQLSTATES
+
+
+def _uuid(value: uuid.UUID | str) -> uuid.UUID:
+    # SQLite keeps a UUIDField as 32 hex digits.
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
 def _bytes(data: bytes | memoryview | bytearray) -> bytes:

@@ -25,12 +25,13 @@ from blobstore.storage.base import (
     BytesLike,
     once,
     prefix_end,
+    run_to_end,
     validate_digest,
     validate_item,
     validate_key,
     validate_listing,
 )
-from blobstore.storage.chunked import ORPHAN_AGE, ChunkedStorage, ChunkSink, ChunkSource, Version
+from blobstore.storage.chunked import ChunkedStorage, ChunkSink, ChunkSource, Version
 
 MEMORY = ":memory:"
 
@@ -74,9 +75,9 @@ _REPLACE = f"""UPDATE blobs SET ({_COLUMNS}) = (?, ?, ?, ?, ?, ?)
 WHERE key = ? AND sha256 = ? RETURNING 1"""
 _INFO_COLUMNS = "key, size, updated, sha256"
 _CHUNKS = "SELECT data FROM chunks WHERE version = ? AND idx BETWEEN ? AND ? ORDER BY idx"
-_PURGE = """DELETE FROM chunks WHERE version IN (
-    SELECT version FROM chunks GROUP BY version HAVING max(created) < ?
-) AND version NOT IN (SELECT version FROM blobs WHERE version IS NOT NULL)"""
+_UNNAMED = "version NOT IN (SELECT version FROM blobs WHERE version IS NOT NULL)"
+_ABANDONED = f"""SELECT version FROM chunks WHERE {_UNNAMED}
+GROUP BY version HAVING max(created) < ? LIMIT ?"""
 
 _SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 _CHUNKS_PER_FETCH = 4
@@ -118,7 +119,8 @@ class SQLiteStorage(ChunkedStorage):
         if self._db is None:
             async with self._opening:
                 if self._db is None:
-                    self._db = await self._open()
+                    # An abandoned open would leave a connection and its thread behind.
+                    self._db = await run_to_end(self._open())
         return self._db
 
     async def _open(self) -> aiosqlite.Connection:
@@ -168,7 +170,7 @@ class SQLiteStorage(ChunkedStorage):
             await self.write(key, once(data))
             return
         row = Version(key, data, len(data), hashlib.sha256(data).hexdigest(), None, self._now())
-        await self._commit(row, if_absent=False, if_sha256=None)
+        await run_to_end(self._commit(row, if_absent=False, if_sha256=None))
 
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
@@ -179,14 +181,13 @@ class SQLiteStorage(ChunkedStorage):
     async def evict(self, key: str) -> None:
         """Remove the blob stored under key, if there is one."""
         validate_key(key)
-        db = await self.db()
-        await db.execute("DELETE FROM blobs WHERE key = ?", (key,))
+        await run_to_end(self._fetchall("DELETE FROM blobs WHERE key = ?", (key,)))
 
     async def close(self) -> None:
         """Close the connection; the next call opens a new one."""
         db, self._db = self._db, None
         if db is not None:
-            await db.close()
+            await run_to_end(db.close())
 
     async def list_blobs(
         self, prefix: str = "", *, after: str = "", limit: int = DEFAULT_PAGE_SIZE
@@ -227,12 +228,23 @@ class SQLiteStorage(ChunkedStorage):
         validate_digest(sha256)
         return await self.write(key, once(data), if_sha256=sha256) is not None
 
-    async def purge(self, *, older_than: datetime.timedelta = ORPHAN_AGE) -> int:
-        """Delete the chunks of uploads that stopped before committing; return how many."""
+    async def _purge_batch(self, older_than: datetime.timedelta, limit: int) -> tuple[int, int]:
+        versions = [
+            version
+            for (version,) in await self._fetchall(
+                _ABANDONED, (time.time() - older_than.total_seconds(), limit)
+            )
+        ]
+        if not versions:
+            return 0, 0
         db = await self.db()
-        cursor = await db.execute(_PURGE, (time.time() - older_than.total_seconds(),))
+        marks = ", ".join("?" * len(versions))
+        # Checked again in the statement that deletes: a commit may have named one since.
+        cursor = await db.execute(
+            f"DELETE FROM chunks WHERE version IN ({marks}) AND {_UNNAMED}", versions
+        )
         await cursor.close()
-        return cursor.rowcount
+        return len(versions), cursor.rowcount
 
     async def _read_head(self, key: str) -> tuple[BlobInfo, bytes, uuid.UUID | None] | None:
         rows = await self._fetchall(
@@ -248,10 +260,10 @@ class SQLiteStorage(ChunkedStorage):
             # No other connection sees this database: read on the one there is.
             return await _ChunkReader.open(await self.db(), version, first, last, owned=False)
         # A connection of its own, whose statement keeps a snapshot while it runs.
-        own = await aiosqlite.connect(
-            self.database_path, timeout=self.timeout, isolation_level=None
+        own = await run_to_end(
+            aiosqlite.connect(self.database_path, timeout=self.timeout, isolation_level=None)
         )
-        return await _ChunkReader.open(own, version, first, last, owned=True)
+        return await run_to_end(_ChunkReader.open(own, version, first, last, owned=True))
 
     async def _open_sink(self) -> ChunkSink:
         return _ChunkSink(await self.db())
@@ -272,8 +284,7 @@ class SQLiteStorage(ChunkedStorage):
         return bool(await self._fetchall(_UPSERT, values))
 
     async def _discard(self, version: uuid.UUID) -> None:
-        db = await self.db()
-        await db.execute("DELETE FROM chunks WHERE version = ?", (version.hex,))
+        await self._fetchall("DELETE FROM chunks WHERE version = ?", (version.hex,))
 
     async def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         # One hop to aiosqlite's thread, where execute + fetchone + close take three.
@@ -315,6 +326,9 @@ class _ChunkReader:
         if self.closed:
             return
         self.closed = True
+        await run_to_end(self._close())
+
+    async def _close(self) -> None:
         try:
             await self.cursor.close()
         finally:
