@@ -8,6 +8,7 @@ from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest
 from django.http.response import HttpResponseBase
@@ -62,6 +63,18 @@ class BlobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     def get_queryset(self, request: HttpRequest) -> QuerySet[Blob]:
         # Blob data can be large: no admin page reads it from a row.
         return super().get_queryset(request).only(*METADATA_FIELDS)
+
+    def get_paginator(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Any],
+        per_page: int,
+        orphans: int = 0,
+        allow_empty_first_page: bool = True,
+    ) -> Paginator[Any]:
+        """Page blobs with their totals, and other rows (the history's log entries) plainly."""
+        paginator = self.paginator if queryset.model is Blob else Paginator
+        return paginator(queryset, per_page, orphans, allow_empty_first_page)
 
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Blob], search_term: str

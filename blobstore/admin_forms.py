@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -77,8 +78,8 @@ class BlobAddForm(BlobUploadForm):
         key = cleaned["key"] = cleaned["key"] or upload.name or ""
         try:
             validate_key(key)
-        except ValueError as error:
-            self.add_error("key", str(error))
+        except ValueError:
+            self.add_error("key", key_error(key))
             return cleaned
         if not cleaned.get("overwrite"):
             self._refuse_existing(key)
@@ -116,6 +117,40 @@ class BlobChangeForm(BlobUploadForm):
         required=False,
         allow_empty_file=True,
         help_text=_("Upload a file to store it under this key in place of the current data."),
+    )
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def key_error(key: str) -> ValidationError:
+    """Return the form error that says why the key rule refuses key."""
+    if not key:
+        return ValidationError(gettext("Enter a key, or choose a file that has a name."), "empty")
+    for pattern, message, code in [
+        (
+            _CONTROL,
+            _("The key holds the control character %(character)s; keys may not."),
+            "control",
+        ),
+        (
+            _SURROGATE,
+            _("The key holds %(character)s, a lone surrogate, which is not text."),
+            "surrogate",
+        ),
+    ]:
+        if found := pattern.search(key):
+            character = f"U+{ord(found.group()):04X} (character {found.start() + 1})"
+            return ValidationError(message % {"character": character}, code)
+    figures = {
+        "length": number_format(len(key.encode()), force_grouping=True),
+        "limit": number_format(MAX_KEY_LENGTH, force_grouping=True),
+    }
+    return ValidationError(
+        gettext("The key has %(length)s bytes in UTF-8; keys may have at most %(limit)s.")
+        % figures,
+        "too_long",
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
-from django.core.paginator import EmptyPage, Page, Paginator
+from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
 from django.db import connections
 from django.db.models import Count, QuerySet, Sum
 from django.http import HttpRequest
@@ -27,6 +27,9 @@ SAMPLE_ROWS = 5_000
 """About how many rows the estimate of the mean size samples."""
 
 KB, MB = 1024, 1024 * 1024
+
+MAX_ROWS = 2**63 - 1
+"""The largest size, row count or offset a database's 64-bit integers hold."""
 
 
 @dataclass(frozen=True)
@@ -108,10 +111,14 @@ class BlobPaginator(Paginator):  # type: ignore[type-arg]
         if not self.totals.estimated:
             return super().page(number)
         # An estimate is off either way: its last page may be short or empty,
-        # and pages past it may still hold blobs. Serve what each page holds.
-        number = int(number)
-        if number < 1:
-            raise EmptyPage(self.error_messages["min_page"])
+        # and pages past it may still hold blobs. Serve what each page holds, up
+        # to the last page that any table could have (an OFFSET the database takes).
+        try:
+            number = int(number)  # which refuses more than 4,300 digits
+        except (TypeError, ValueError):
+            raise PageNotAnInteger(self.error_messages["invalid_page"]) from None
+        if not 1 <= number <= MAX_ROWS // self.per_page:
+            raise EmptyPage(self.error_messages["no_results"])
         bottom = (number - 1) * self.per_page
         return Page(self.object_list[bottom : bottom + self.per_page], number, self)
 
@@ -145,9 +152,14 @@ class SizeListFilter(admin.SimpleListFilter):
 
 
 def size_range(value: str) -> tuple[int, int | None]:
-    """Return the bounds that "LOW-HIGH" or "LOW-" names, or raise IncorrectLookupParameters."""
-    bounds = re.fullmatch(r"(\d+)-(\d*)", value, re.ASCII)
+    """Return the bounds that "LOW-HIGH" or "LOW-" names, or raise IncorrectLookupParameters.
+
+    A bound over the largest size a database holds means no limit there: it is
+    taken as that largest size, so that no query gets a number it cannot take.
+    """
+    # Twenty digits hold every 64-bit number; more are refused before int() reads them.
+    bounds = re.fullmatch(r"(\d{1,20})-(\d{0,20})", value, re.ASCII)
     if bounds is None:
-        raise IncorrectLookupParameters(f"Not a size range: {value!r}")
+        raise IncorrectLookupParameters(f"Not a size range: {value[:50]!r}")
     low, high = bounds.groups()
-    return int(low), int(high) if high else None
+    return min(int(low), MAX_ROWS), min(int(high), MAX_ROWS) if high else None

@@ -12,16 +12,20 @@ from unittest import mock
 from urllib.parse import quote
 
 from asgiref.sync import async_to_sync
+from django.contrib import admin as django_admin
 from django.contrib.auth.models import Permission, User
-from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.files.uploadedfile import SimpleUploadedFile, UploadedFile
+from django.core.paginator import EmptyPage, PageNotAnInteger
 from django.db import connection, connections
 from django.http import StreamingHttpResponse
 from django.test import TestCase, override_settings
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.datastructures import MultiValueDict
 
-from blobstore.admin_list import BlobPaginator, Totals, blob_totals
+from blobstore.admin_forms import BlobAddForm, key_error
+from blobstore.admin_list import MAX_ROWS, BlobPaginator, Totals, blob_totals
 from blobstore.admin_views import zip_entry_names
 from blobstore.models import Blob, BlobChunk
 from blobstore.preview import as_text, hex_dump, image_type
@@ -232,6 +236,19 @@ class PostgreSQLEstimateTests(TestCase):
         self.assertEqual((paginator.count, paginator.num_pages), (300, 3))
         self.assertEqual([b.key for b in paginator.page(4)], [f"k{i:04}" for i in range(300, 350)])
         self.assertEqual(list(paginator.page(5)), [])
+
+    def test_page_numbers_past_any_table_are_empty_pages(self) -> None:
+        paginator = BlobPaginator(self.blobs.order_by("key"), 100)
+        self.assertEqual(list(paginator.page(MAX_ROWS // 100)), [])  # an OFFSET PostgreSQL takes
+        for number, error in [
+            ("9" * 5000, PageNotAnInteger),
+            ("x", PageNotAnInteger),
+            ("9" * 4000, EmptyPage),
+            (MAX_ROWS // 100 + 1, EmptyPage),
+            (0, EmptyPage),
+        ]:
+            with self.subTest(number=str(number)[:30]), self.assertRaises(error):
+                paginator.page(number)
 
     def test_an_estimate_above_the_real_count_leaves_empty_pages(self) -> None:
         self.blobs.filter(key__gte="k0150").delete()
@@ -595,3 +612,197 @@ class HomePageTests(TestCase):
         with self.settings(DEBUG=False):
             page = self.client.get("/")
         self.assertNotContains(page, "Log in as")
+
+
+class EveryPageTests(AdminTestCase):
+    """Every admin page of a blob answers: small, chunked, an image, and an awkward key."""
+
+    async def body(self, path: str, params: dict[str, str] | None = None) -> tuple[int, bytes]:
+        """Return the status and the whole body of a GET, streamed or not."""
+        response = await self.async_client.get(path, params or {})
+        if isinstance(response, StreamingHttpResponse):
+            return response.status_code, await body(response)
+        return response.status_code, response.content
+
+    async def test_every_page_of_every_blob_answers(self) -> None:
+        await self.async_client.aforce_login(self.admin)
+        contents = {
+            "notes.txt": b"small",
+            "big/chunked.bin": os.urandom(MIB + 123),
+            "pictures/dot.png": png(2, 2),
+            "dir/100%/😀 emoji?#.txt": "ключ".encode(),
+        }
+        for key, data in contents.items():
+            await ORMStorage().set(key, data)
+        listing = await self.async_client.get(CHANGELIST)
+        cl = listing.context["cl"]
+        choices = [
+            choice["query_string"] for spec in cl.filter_specs for choice in spec.choices(cl)
+        ]
+        self.assertIn("?size=1024-1048576", choices)
+        self.assertGreaterEqual(len(choices), 10)  # "all" and the ranges of both filters
+        for query in choices:
+            with self.subTest(query=query):
+                self.assertEqual((await self.body(CHANGELIST + query))[0], 200)
+        for key, data in contents.items():
+            blob = await Blob.objects.only("id", "key").aget(key=key)
+            image = 200 if key.endswith(".png") else 404  # the image view serves images only
+            for path, params, status in [
+                (CHANGELIST, {"q": key}, 200),
+                (CHANGELIST, {"q": key, "size": f"{len(data)}-", "o": "-2"}, 200),
+                (url("change", blob), {}, 200),
+                (url("history", blob), {}, 200),
+                (url("delete", blob), {}, 200),
+                (url("download", blob), {}, 200),
+                (url("image", blob), {}, image),
+                (ADD, {}, 200),
+                ("/admin/", {}, 200),
+                ("/admin/blobstore/", {}, 200),
+            ]:
+                with self.subTest(key=key, path=path, params=params):
+                    self.assertEqual((await self.body(path, params))[0], status)
+            self.assertEqual(await self.body(url("download", blob)), (200, data))
+            found = await self.async_client.get(CHANGELIST, {"q": key})
+            self.assertEqual(keys(found), [key])
+
+    def test_history_lists_what_the_admin_did(self) -> None:
+        blob = store("dir/100%/😀 doc", os.urandom(MIB + 1))
+        self.client.post(url("change", blob), {"file": upload("v2", os.urandom(MIB + 2))})
+        history = self.client.get(url("history", blob))
+        self.assertEqual(history.status_code, 200)
+        (entry,) = history.context["action_list"]
+        self.assertEqual(entry.object_repr, "dir/100%/😀 doc")
+        self.assertEqual(self.client.get(url("history", blob), {"p": "2"}).status_code, 200)
+
+    def test_selected_blobs_have_their_pages_too(self) -> None:
+        pks = [store(key, data).pk for key, data in [("a", b"a"), ("b", os.urandom(MIB + 1))]]
+        for action in ["delete_selected", "download_zip"]:
+            with self.subTest(action=action):
+                response = self.client.post(CHANGELIST, {"action": action, "_selected_action": pks})
+                self.assertEqual(response.status_code, 200)
+
+
+HUGE = "9" * 5000
+"""More digits than int() takes from a str (4,300)."""
+BIG = "9" * 4000
+"""Fewer digits than that, but more than any database integer holds."""
+
+
+class BadNumberTests(AdminTestCase):
+    """Numbers in the admin's URLs, of any length or none, are never a 500."""
+
+    blob: Blob
+
+    @classmethod
+    def setUpTestData(cls) -> None:
+        super().setUpTestData()
+        cls.blob = store("k", b"x" * 10)
+        for index in range(3):
+            store(f"k{index}", b"y" * index)
+
+    def assert_refused(self, params: dict[str, str]) -> None:
+        response = self.client.get(CHANGELIST, params)
+        self.assertRedirects(response, f"{CHANGELIST}?e=1", fetch_redirect_response=False)
+
+    def test_sizes_of_any_length_are_refused_or_bounded(self) -> None:
+        for size in [f"{HUGE}-", f"1-{HUGE}", f"{BIG}-", f"0-{BIG}", "1" * 21 + "-"]:
+            with self.subTest(size=size[:30]):
+                self.assert_refused({"size": size})
+        # Twenty digits are taken, as the largest size there can be.
+        self.assertEqual(keys(self.client.get(CHANGELIST, {"size": "9" * 20 + "-"})), [])
+        everything = keys(self.client.get(CHANGELIST, {"size": "0-" + "9" * 20}))
+        self.assertEqual(everything, ["k", "k0", "k1", "k2"])
+
+    def test_page_numbers_of_any_length_are_refused_or_bounded(self) -> None:
+        admin = django_admin.site._registry[Blob]
+        self.enterContext(mock.patch.object(admin, "list_per_page", 2))
+        for page in [HUGE, "abc", "", "1.5", "²"]:
+            with self.subTest(page=page[:30]):
+                # Django's changelist takes a page that is not a number for the first.
+                self.assertEqual(keys(self.client.get(CHANGELIST, {"p": page})), ["k", "k0"])
+        for page in [BIG, "0", "-1", "3", str(2**63)]:
+            with self.subTest(page=page[:30]):
+                self.assert_refused({"p": page})
+        self.assertEqual(keys(self.client.get(CHANGELIST, {"p": "2"})), ["k1", "k2"])
+
+    def test_other_numbers_in_the_changelist(self) -> None:
+        for params in [
+            {"o": HUGE},
+            {"o": f"-{BIG}.{HUGE}"},
+            {"o": "2.x.-"},
+            {"all": HUGE},
+            {"e": HUGE},
+        ]:
+            with self.subTest(params={k: v[:30] for k, v in params.items()}):
+                self.assertEqual(self.client.get(CHANGELIST, params).status_code, 200)
+        for params in [
+            {"updated__gte": HUGE},
+            {"updated__gte": "garbage"},
+            {"updated__lt": BIG},
+            {"updated__gte": "9999-99-99"},
+        ]:
+            with self.subTest(params={k: v[:30] for k, v in params.items()}):
+                self.assert_refused(params)
+
+    def test_history_page_numbers(self) -> None:
+        for page in [HUGE, BIG, "abc", "-1", "0"]:
+            with self.subTest(page=page[:30]):
+                response = self.client.get(url("history", self.blob), {"p": page})
+                self.assertEqual(response.status_code, 200)
+
+    def test_object_ids_of_any_length(self) -> None:
+        for object_id in [HUGE, BIG, str(2**63), "-1", "abc", "1.5"]:
+            for view, status in [
+                ("change", 302),  # Django's "no such blob" message on the admin's home
+                ("history", 302),
+                ("delete", 302),
+                ("download", 404),
+                ("image", 404),
+            ]:
+                with self.subTest(object_id=object_id[:30], view=view):
+                    path = reverse(f"admin:blobstore_blob_{view}", args=[object_id])
+                    self.assertEqual(self.client.get(path).status_code, status)
+        self.assertEqual(stored("k"), b"x" * 10)
+
+
+class KeyFormErrorTests(AdminTestCase):
+    """The upload form says which part of the key rule a key breaks."""
+
+    def form_errors(self, key: str) -> list[str]:
+        response = self.client.post(ADD, {"file": upload("file.bin", b"data"), "key": key})
+        self.assertEqual(response.status_code, 200)
+        errors: list[str] = response.context["adminform"].form.errors["key"]
+        return errors
+
+    def test_each_broken_rule_has_its_message(self) -> None:
+        for key, message in [
+            ("a\nb", "The key holds the control character U+000A (character 2); keys may not."),
+            ("\x7f", "The key holds the control character U+007F (character 1); keys may not."),
+            (
+                "tab\there",
+                "The key holds the control character U+0009 (character 4); keys may not.",
+            ),
+            ("a\x00", "Null characters are not allowed."),
+            ("é" * 513, "The key has 1,026 bytes in UTF-8; keys may have at most 1,024."),
+            ("x" * 1021 + "😀", "The key has 1,025 bytes in UTF-8; keys may have at most 1,024."),
+            ("x" * 1025, "Ensure this value has at most 1024 characters (it has 1025)."),
+        ]:
+            with self.subTest(key=key[:10]):
+                self.assertEqual(self.form_errors(key), [message])
+        self.assertFalse(Blob.objects.exists())
+
+    def test_a_lone_surrogate_is_refused_by_the_form(self) -> None:
+        file: UploadedFile[bytes] = upload("file.bin", b"data")
+        files = MultiValueDict({"file": [file]})
+        form = BlobAddForm({"key": "a\ud800"}, files, instance=Blob())
+        self.assertFormError(
+            form, "key", "The key holds U+D800 (character 2), a lone surrogate, which is not text."
+        )
+        self.assertEqual(key_error("").messages, ["Enter a key, or choose a file that has a name."])
+
+    def test_keys_at_the_limit_are_taken(self) -> None:
+        for key in ["😀" * 256, "x" * 1024, "漢" * 341 + "a", "\x80\x9f\u2028 C1 and separators"]:
+            with self.subTest(key=key[:10]):
+                response = self.client.post(ADD, {"file": upload("f", key.encode()), "key": key})
+                self.assertRedirects(response, CHANGELIST)
+                self.assertEqual(stored(key), key.encode())
