@@ -34,11 +34,16 @@ class KeyField(models.CharField):  # type: ignore[type-arg]
 
 class BlobQuerySet(models.QuerySet["Blob"]):
     def delete(self) -> tuple[int, dict[str, int]]:
-        """Delete the blobs and their chunks, in one transaction and one statement each."""
+        """Delete the blobs and their chunks, in one transaction."""
         with transaction.atomic(using=self.db):
-            versions = self.exclude(version=None).values("version")
+            # Rows first, in key order, then chunks: the order in which writers
+            # lock, so that a delete and a write of one key never deadlock.
+            locked = list(self.select_for_update().order_by("key").values_list("pk", "version"))
+            deleted = Blob.objects.using(self.db).filter(pk__in=[pk for pk, _ in locked])
+            count, per_model = models.QuerySet.delete(deleted)
+            versions = [version for _, version in locked if version is not None]
             BlobChunk.objects.using(self.db).filter(version__in=versions).delete()
-            return super().delete()
+            return count, per_model
 
     delete.alters_data = True  # type: ignore[attr-defined]
     delete.queryset_only = True  # type: ignore[attr-defined]
