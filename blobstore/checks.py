@@ -4,12 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.checks import CheckMessage, Error, register
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning, register
 from django.core.exceptions import ImproperlyConfigured
 
 from blobstore.conf import ANONYMOUS_ACCESS_CHOICES, conf
 from blobstore.exceptions import InvalidStorageError
 from blobstore.storage.handler import StorageHandler
+from blobstore.storage.orm import ORMStorage
+
+SQLITE_OPTIONS = {
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 30,
+}
+"""The SQLite options that a site serving blobs from SQLite wants (see the README)."""
 
 
 @register()
@@ -66,3 +75,32 @@ def check_proxystore(**kwargs: Any) -> list[CheckMessage]:
         except ImproperlyConfigured as error:
             errors.append(Error(str(error), id="blobstore.E008"))
     return errors
+
+
+@register()
+def check_sqlite_journal(**kwargs: Any) -> list[CheckMessage]:
+    """Warn about every SQLite database that ORMStorage uses without WAL."""
+    handler = StorageHandler()
+    try:
+        stores = [handler.create_storage(alias) for alias in handler.backends]
+    except InvalidStorageError:
+        return []  # check_storages reports it
+    using = sorted({store.using for store in stores if isinstance(store, ORMStorage)})
+    return [
+        Warning(
+            f"DATABASES[{alias!r}] is SQLite without WAL, and blobstore keeps blobs in it: "
+            "every read waits for the writer, and a long download holds up every write "
+            "until the writes give up (503).",
+            hint=f"Set DATABASES[{alias!r}]['OPTIONS'] = {SQLITE_OPTIONS!r}.",
+            id="blobstore.W001",
+        )
+        for alias in using
+        if _sqlite_without_wal(settings.DATABASES.get(alias, {}))
+    ]
+
+
+def _sqlite_without_wal(database: dict[str, Any]) -> bool:
+    if not str(database.get("ENGINE", "")).endswith("sqlite3"):
+        return False
+    init_command = str(database.get("OPTIONS", {}).get("init_command", ""))
+    return "journal_mode=wal" not in init_command.lower().replace(" ", "")

@@ -11,7 +11,13 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import SimpleTestCase, override_settings
 
-from blobstore.checks import check_access, check_proxystore, check_storages
+from blobstore.checks import (
+    SQLITE_OPTIONS,
+    check_access,
+    check_proxystore,
+    check_sqlite_journal,
+    check_storages,
+)
 from blobstore.exceptions import InvalidStorageError
 from blobstore.storage import DictStorage, ORMStorage, SQLiteStorage, StorageHandler, storages
 
@@ -106,6 +112,47 @@ class StorageHandlerTests(SimpleTestCase):
                 self.assertEqual(raised.exception.check_id, check_id)  # type: ignore[attr-defined]
                 for fragment in fragments:
                     self.assertIn(fragment, str(raised.exception))
+
+
+def sqlite_database(options: dict[str, Any]) -> dict[str, Any]:
+    return {"ENGINE": "django.db.backends.sqlite3", "NAME": "x.sqlite3", "OPTIONS": options}
+
+
+class SQLiteJournalCheckTests(SimpleTestCase):
+    def test_a_new_projects_sqlite_is_warned_about_with_the_fix(self) -> None:
+        databases = {**settings.DATABASES, "default": sqlite_database({})}
+        with override_settings(DATABASES=databases):
+            warnings = check_sqlite_journal()
+        self.assertEqual([warning.id for warning in warnings], ["blobstore.W001"])
+        self.assertIn("DATABASES['default'] is SQLite without WAL", warnings[0].msg)
+        self.assertIn("PRAGMA journal_mode=WAL", str(warnings[0].hint))
+
+    def test_wal_postgresql_and_other_backends_pass(self) -> None:
+        wal = {**settings.DATABASES, "default": sqlite_database(SQLITE_OPTIONS)}
+        for databases, storages_setting in [
+            (wal, {"default": {"BACKEND": "blobstore.storage.ORMStorage"}}),
+            ({**wal, "default": sqlite_database({})}, {"default": {"BACKEND": DICT}}),
+            (
+                {**wal, "postgres": settings.DATABASES["postgres"]},
+                {"default": {"BACKEND": "blobstore.storage.ORMStorage",
+                             "OPTIONS": {"using": "postgres"}}},
+            ),
+        ]:  # fmt: skip
+            with (
+                self.subTest(storages=storages_setting),
+                override_settings(DATABASES=databases, BLOBSTORE_STORAGES=storages_setting),
+            ):
+                self.assertEqual(check_sqlite_journal(), [])
+
+    def test_each_database_an_alias_names_is_checked(self) -> None:
+        databases = {**settings.DATABASES, "blobs": sqlite_database({"init_command": ""})}
+        setting = {
+            "default": {"BACKEND": DICT},
+            "files": {"BACKEND": "blobstore.storage.ORMStorage", "OPTIONS": {"using": "blobs"}},
+        }
+        with override_settings(DATABASES=databases, BLOBSTORE_STORAGES=setting):
+            warnings = check_sqlite_journal()
+        self.assertEqual([warning.msg[:20] for warning in warnings], ["DATABASES['blobs'] i"])
 
 
 class SystemCheckTests(SimpleTestCase):
