@@ -27,10 +27,12 @@ UNREACHABLE_RETRY_AFTER = 5
 logger = logging.getLogger("blobstore.faults")
 
 # PostgreSQL's SQLSTATEs (and classes, by their first characters) of failures
-# that pass: connections lost or refused, the server shutting down or out of
-# resources, a statement cancelled, a lock or a serialization given up.
+# that pass: connections lost or refused, the server shutting down (gone); the
+# server out of resources, a statement cancelled, a lock or a serialization
+# given up (busy).
 _PG_FULL = "53100"
-_PG_TRANSIENT = ("08", "53", "57P", "57014", "55P03", "40", "58")
+_PG_GONE = ("08", "57P")
+_PG_BUSY = ("53", "57014", "55P03", "40", "58")
 _SQLITE_BUSY = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_PROTOCOL}
 _SQLITE_UNREACHABLE = {sqlite3.SQLITE_CANTOPEN}
 _DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -120,9 +122,14 @@ def _classify_psycopg(exc: BaseException) -> Fault | None:
     if state == _PG_FULL:
         return FULL
     if state is not None:
-        return BUSY if state.startswith(_PG_TRANSIENT) else None
-    # No SQLSTATE: the client library lost or could not open the connection.
-    return UNREACHABLE if isinstance(exc, psycopg.OperationalError) else None
+        if state.startswith(_PG_GONE):
+            return UNREACHABLE
+        return BUSY if state.startswith(_PG_BUSY) else None
+    # No SQLSTATE: the client library lost or could not open the connection,
+    # or (InternalError) got answers it cannot pair with its commands, as when
+    # the server ended the connection in the middle of a fetch.
+    lost = isinstance(exc, psycopg.OperationalError | psycopg.InternalError)
+    return UNREACHABLE if lost else None
 
 
 async def fault_response(request: HttpRequest, exc: BaseException) -> JsonResponse | None:

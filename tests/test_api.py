@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from io import StringIO
 from typing import Any
 from urllib.parse import quote, unquote
@@ -70,6 +71,10 @@ class APITestCase(TestCase):
 
     def auth(self, user: str = "admin") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secrets[user]}"}
+
+    def raw_auth(self) -> list[tuple[bytes, bytes]]:
+        """Return the admin's credentials as ASGI headers."""
+        return [(b"authorization", self.auth()["Authorization"].encode())]
 
     async def put(self, key: str, body: bytes, user: str = "admin", **headers: str) -> Any:
         return await self.async_client.put(
@@ -554,9 +559,6 @@ class HostileInputTests(APITestCase):
                 self.assertIn("Content-Length", json.loads(body)["error"])
         self.assertEqual(await self.contents(), {})
 
-    def raw_auth(self) -> list[tuple[bytes, bytes]]:
-        return [(b"authorization", self.auth()["Authorization"].encode())]
-
 
 @override_settings(BLOBSTORE_STORAGES=POSTGRES_STORAGE)
 class HostileInputPostgreSQLTests(HostileInputTests):
@@ -580,7 +582,7 @@ class SlowBodyTests(APITestCase):
                     status, headers, body = await asgi_call(
                         "PUT" if path.startswith("/blobs") else "POST",
                         path,
-                        [(b"content-length", length), *HostileInputTests.raw_auth(self)],
+                        [(b"content-length", length), *self.raw_auth()],
                         chunks,
                         stall=True,
                         delay=delay,
@@ -597,7 +599,7 @@ class SlowBodyTests(APITestCase):
         status, _, body = await asgi_call(
             "PUT",
             "/blobs/slow",
-            [(b"content-length", str(8 * 96 * 1024).encode()), *HostileInputTests.raw_auth(self)],
+            [(b"content-length", str(8 * 96 * 1024).encode()), *self.raw_auth()],
             pieces,
             delay=0.1,
         )
@@ -646,8 +648,8 @@ async def asgi_call(
 
     sent: list[dict[str, Any]] = []
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: Mapping[str, Any]) -> None:
+        sent.append(dict(message))
 
     # As Django's test client does: the test's transaction keeps its connection.
     request_finished.disconnect(close_old_connections)
