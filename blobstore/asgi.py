@@ -114,7 +114,7 @@ class APIHandler:
                 raise
             # The status went out already: the response ends short, and the
             # server closes the connection, which tells the client so.
-            log_fault(request, exc, fault)
+            log_fault(request, exc, fault, outcome="response cut short")
             await sync_to_async(close_broken_connections)()
         finally:
             # Closing the response sends request_finished, which closes old connections.

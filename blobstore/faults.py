@@ -146,15 +146,17 @@ async def fault_response(request: HttpRequest, exc: BaseException) -> JsonRespon
     return fault.response()
 
 
-def log_fault(request: HttpRequest, exc: BaseException, fault: Fault) -> None:
+def log_fault(
+    request: HttpRequest, exc: BaseException, fault: Fault, *, outcome: str | None = None
+) -> None:
     """Log one line, with no traceback: the failure is the database's, not the code's."""
     cause = exc.__cause__ or exc
     detail = (str(cause).strip().splitlines() or [""])[0]
     logger.warning(
-        "%s %s: answered %s: %s: %s",
+        "%s %s: %s: %s: %s",
         request.method,
         request.path,
-        fault.status,
+        outcome or f"answered {fault.status}",
         type(cause).__name__,
         detail,
     )

@@ -165,6 +165,9 @@ class PostgreSQLFaultTests(LiveFaultTestCase):
         # Cut short, or whole if the server had read it all: never other bytes.
         self.assertEqual(received, blob[: len(received)])
         self.assertEqual(self.http.get("big").content, blob)
+        print(f"\nterminated mid-download: {len(received)} of {len(blob)} bytes received")
+        if len(received) < len(blob):
+            self.assertIn("GET /blobs/big: response cut short", self.site.log())
         self.assert_clean_log()
 
     def test_database_closed_to_connections_then_open_again(self) -> None:
@@ -231,7 +234,9 @@ class SQLiteDiskFullTests(LiveFaultTestCase):
             self.assertEqual(deleted.status_code, 204)
             self.assertEqual(self.http.get("b/0").status_code, 404)
             del stored["b/0"]
+        faults = [line for line in self.site.log().splitlines() if "answered" in line]
         print(f"\nSQLite on a full tmpfs: {len(stored)} blobs kept, DELETE {deleted.status_code}")
+        print("\n".join(faults))
         for key, blob in stored.items():
             self.assertEqual(self.http.get(quote(key)).content, blob)
         self.assertIn("answered 507", self.site.log())
@@ -312,7 +317,8 @@ class SlowUploadAttackTests(LiveFaultTestCase):
         print(
             f"\n{self.attackers} slow uploads in {elapsed:.1f} s: "
             f"{slow.count(408)} x 408, {slow.count(503)} x 503; "
-            f"{len(served)} other requests, all 2xx: {all(200 <= s < 300 for s in served)}"
+            f"{len(served)} other requests, all 2xx: {all(200 <= s < 300 for s in served)}; "
+            f"at most {peak[0]} connections to PostgreSQL"
         )
         self.assertTrue(set(slow) <= {408, 503}, sorted(set(slow)))
         self.assertGreater(slow.count(408), 0)
