@@ -14,8 +14,11 @@ which costs more than the work itself. Those views authenticate by themselves
 sent; ``request_finished`` is, once the response has gone out, and closes
 stale database connections as usual. The body
 of a request is not gathered first: the view reads it from the connection, so
-a body over the storage's limit is refused as soon as it is over. Every other
-request goes to Django's own handler, untouched.
+a body over the storage's limit is refused as soon as it is over, and one that
+stops arriving ends with 408 (``BLOBSTORE_BODY_TIMEOUT``). A database that
+fails while a response streams cuts the response short with one warning in the
+log; a client that hangs up is no error. Every other request goes to Django's
+own handler, untouched.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from django.core.handlers.asgi import ASGIRequest
 from django.core.handlers.exception import response_for_exception
 from django.http import HttpResponseBase
 from django.urls import Resolver404, ResolverMatch, get_resolver
+
+from blobstore.faults import classify, close_broken_connections, fault_response, log_fault
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[Mapping[str, Any]]]
@@ -98,9 +103,19 @@ class APIHandler:
         try:
             response = await match.func(request, *match.args, **match.kwargs)
         except Exception as exc:
-            response = await sync_to_async(response_for_exception)(request, exc)
+            response = await fault_response(request, exc) or await sync_to_async(
+                response_for_exception
+            )(request, exc)
         try:
             await self.send_response(response, send, head=request.method == "HEAD")
+        except Exception as exc:
+            fault = classify(exc)
+            if fault is None:
+                raise
+            # The status went out already: the response ends short, and the
+            # server closes the connection, which tells the client so.
+            log_fault(request, exc, fault, outcome="response cut short")
+            await sync_to_async(close_broken_connections)()
         finally:
             # Closing the response sends request_finished, which closes old connections.
             await sync_to_async(response.close, thread_sensitive=True)()

@@ -5,12 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 DEFAULT_STORAGES: dict[str, Any] = {
     "default": {"BACKEND": "blobstore.storage.ORMStorage", "OPTIONS": {}},
 }
 
 ANONYMOUS_ACCESS_CHOICES = (None, "read", "write")
+
+DEFAULT_MAX_UPLOADS = 8
+DEFAULT_BODY_TIMEOUT = 30.0
 
 
 class Settings:
@@ -29,6 +33,24 @@ class Settings:
     @property
     def BLOBSTORE_PROXYSTORE(self) -> Any:
         return getattr(settings, "BLOBSTORE_PROXYSTORE", {})
+
+    @property
+    def BLOBSTORE_MAX_UPLOADS(self) -> int:
+        value = getattr(settings, "BLOBSTORE_MAX_UPLOADS", DEFAULT_MAX_UPLOADS)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ImproperlyConfigured(
+                f"BLOBSTORE_MAX_UPLOADS must be a whole number of at least 1, not {value!r}."
+            )
+        return value
+
+    @property
+    def BLOBSTORE_BODY_TIMEOUT(self) -> float:
+        value = getattr(settings, "BLOBSTORE_BODY_TIMEOUT", DEFAULT_BODY_TIMEOUT)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+            raise ImproperlyConfigured(
+                f"BLOBSTORE_BODY_TIMEOUT must be a number of seconds above 0, not {value!r}."
+            )
+        return float(value)
 
 
 conf = Settings()

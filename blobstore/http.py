@@ -2,21 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import logging
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from urllib.parse import unquote_to_bytes
 
+from django.core.exceptions import SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from blobstore.asgi import RECEIVE_KEY
+from blobstore.conf import conf
 from blobstore.exceptions import ObjectSizeExceededError
+from blobstore.faults import UNREACHABLE_RETRY_AFTER, fault_response
 from blobstore.storage.base import BlobStream, validate_key
 
 READ_CHUNK_SIZE = 1024 * 1024
 INLINE_RESPONSE_SIZE = 1024 * 1024
 """Blobs up to this size are read whole before the response starts; larger ones stream."""
 OCTET_STREAM = "application/octet-stream"
+
+LARGE_BODY = 1024 * 1024
+"""A body larger than this, or of unknown length, holds an upload slot while it is written."""
+UPLOAD_SLOT_WAIT = 5.0
+"""Seconds a large upload waits for a slot before it is refused with 503."""
+BODY_PROGRESS = 64 * 1024
+"""Bytes a body must bring every BLOBSTORE_BODY_TIMEOUT seconds, or it is ended with 408."""
+MAX_CONTENT_LENGTH = 2**63
+"""No body is this long: a larger Content-Length is refused without being converted."""
+
+logger = logging.getLogger("blobstore.http")
 
 # Served blobs are data, never a page: no sniffing, no rendering, no scripts.
 SAFE_HEADERS = {
@@ -27,7 +45,7 @@ SAFE_HEADERS = {
 
 
 class BadRequest(Exception):
-    """The client asked for something malformed or impossible; status is 4xx."""
+    """The request cannot be served as asked: 4xx, or 503 when the server is too busy."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -46,20 +64,52 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> J
     return response
 
 
-def request_body(request: HttpRequest, limit: int | None) -> AsyncIterator[bytes]:
-    """Return the request body as an async iterator of chunks, read as it arrives.
+async def answer(
+    request: HttpRequest, view: Callable[[], Awaitable[HttpResponseBase]]
+) -> HttpResponseBase:
+    """Return view's response, or the JSON error that its refusal or a storage fault means."""
+    try:
+        return await view()
+    except BadRequest as bad:
+        return error(bad.status, bad.message, bad.headers)
+    except SuspiciousOperation as suspicious:  # e.g. too many query parameters
+        return error(400, str(suspicious) or "The request is malformed.")
+    except Exception as exc:
+        response = await fault_response(request, exc)
+        if response is None:
+            raise
+        return response
+
+
+@contextlib.asynccontextmanager
+async def request_body(
+    request: HttpRequest, limit: int | None
+) -> AsyncIterator[AsyncIterator[bytes]]:
+    """Yield the request body as an async iterator of chunks, read as it arrives.
 
     A ``Content-Length`` over limit is refused with 413 at once, before any
     of the body is read; a longer body is the storage's to refuse
     (``ObjectSizeExceededError``, which :func:`storage_errors` turns into 413).
+    A body larger than :data:`LARGE_BODY`, or of unknown length, holds one of
+    the process's ``BLOBSTORE_MAX_UPLOADS`` slots until the block ends.
     """
     length = request.headers.get("Content-Length")
+    declared = None
     if length is not None:
-        if not is_number(length):
-            raise BadRequest(400, f"Content-Length must be a number of bytes, not {length!r}.")
-        if limit is not None and int(length) > limit:
+        declared = bounded_number(length, MAX_CONTENT_LENGTH)
+        if declared is None:
+            raise BadRequest(
+                400, f"Content-Length must be a number of bytes, not {abbreviated(length)!r}."
+            )
+        if limit is not None and declared > limit:
             raise BadRequest(413, _too_large(limit))
-    return _body_chunks(request)
+        if declared >= MAX_CONTENT_LENGTH:
+            raise BadRequest(413, "The body is larger than any this server accepts.")
+    if declared is not None and declared <= LARGE_BODY:
+        yield _body_chunks(request)
+        return
+    async with _upload_slot():
+        yield _body_chunks(request)
 
 
 @contextlib.contextmanager
@@ -71,17 +121,81 @@ def storage_errors() -> Iterator[None]:
         raise BadRequest(413, _too_large(large.max_object_size)) from large
 
 
+@dataclass
+class _Slots:
+    """The upload slots of one event loop (of the process, under an ASGI server)."""
+
+    taken: int = 0
+    freed: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slots] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def _upload_slot() -> AsyncIterator[None]:
+    """Hold an upload slot for the block, or raise BadRequest (503) when none frees in time."""
+    loop = asyncio.get_running_loop()
+    slots = _slots.setdefault(loop, _Slots())
+    deadline = loop.time() + UPLOAD_SLOT_WAIT
+    while slots.taken >= conf.BLOBSTORE_MAX_UPLOADS:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise BadRequest(
+                503,
+                "Too many uploads are under way; nothing was stored. Try again later.",
+                {"Retry-After": str(UNREACHABLE_RETRY_AFTER)},
+            )
+        freed = loop.create_future()
+        slots.freed.append(freed)
+        try:
+            await asyncio.wait_for(freed, remaining)
+        except TimeoutError:
+            pass
+        finally:
+            if freed in slots.freed:
+                slots.freed.remove(freed)
+    slots.taken += 1
+    try:
+        yield
+    finally:
+        slots.taken -= 1
+        # Every waiter looks again: one that gave up meanwhile takes none.
+        for waiter in slots.freed:
+            if not waiter.done():
+                waiter.set_result(None)
+        slots.freed.clear()
+
+
 async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
     receive = getattr(request, "scope", {}).get(RECEIVE_KEY)
     if receive is None:  # Django's own handler has read the body already
         while chunk := request.read(READ_CHUNK_SIZE):
             yield chunk
         return
+    # A body that brings less than BODY_PROGRESS bytes in a timeout's time
+    # holds a slot and a database connection for nothing: it ends with 408.
+    timeout = conf.BLOBSTORE_BODY_TIMEOUT
+    loop = asyncio.get_running_loop()
+    deadline, progress = loop.time() + timeout, 0
     while True:
-        message = await receive()
+        try:
+            message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+        except TimeoutError:
+            raise BadRequest(
+                408,
+                f"The body arrived too slowly (less than {BODY_PROGRESS} bytes in "
+                f"{timeout:g} seconds); nothing was stored.",
+                {"Connection": "close"},
+            ) from None
         if message["type"] == "http.disconnect":
+            logger.debug("%s %s: the client went away mid-body", request.method, request.path)
             raise BadRequest(400, "The client went away before the body was complete.")
-        yield message.get("body", b"")
+        body = message.get("body", b"")
+        progress += len(body)
+        if progress >= BODY_PROGRESS:
+            deadline, progress = loop.time() + timeout, 0
+        yield body
         if not message.get("more_body", False):
             return
 
@@ -115,6 +229,32 @@ def is_number(text: str) -> bool:
     """Return whether text is a non-negative whole number in ASCII digits."""
     # str.isdigit() alone would accept digits that int() refuses, such as '²'.
     return text.isascii() and text.isdigit()
+
+
+def bounded_number(text: str, ceiling: int) -> int | None:
+    """Return the whole number text names, at most ceiling; None if text is not one.
+
+    Digits beyond the ceiling's are never converted: int() of thousands of
+    digits is slow, and refused past Python's int-string limit.
+    """
+    if not is_number(text):
+        return None
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(ceiling)):
+        return ceiling
+    return min(int(digits), ceiling)
+
+
+def without_controls(name: str, text: str) -> str:
+    """Return text, or raise BadRequest (400) if it has a control character, as no key has."""
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise BadRequest(400, f"{name} must not contain control characters; no key has them.")
+    return text
+
+
+def abbreviated(text: str, size: int = 40) -> str:
+    """Return text, cut to size characters (and '...') if longer, to quote in a message."""
+    return text if len(text) <= size else f"{text[:size]}..."
 
 
 def checked_key(key: str) -> str:

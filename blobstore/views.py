@@ -1,7 +1,8 @@
 """The HTTP API: list, read, write and delete blobs, as JSON and raw bytes.
 
 Every view is async and talks to the storage directly. Errors are JSON
-``{"error": "..."}`` with a 4xx status; a client's mistake is never a 500.
+``{"error": "..."}`` with a 4xx status; a client's mistake is never a 500,
+nor a database that is busy or gone (503) or full (507).
 """
 
 from __future__ import annotations
@@ -26,13 +27,16 @@ from blobstore.http import (
     OCTET_STREAM,
     SAFE_HEADERS,
     BadRequest,
+    abbreviated,
+    answer,
     blob_response,
+    bounded_number,
     checked_key,
     error,
-    is_number,
     request_body,
     require_utf8,
     storage_errors,
+    without_controls,
 )
 from blobstore.storage import BlobInfo, StreamingStorage, storages
 from blobstore.storage.base import DEFAULT_PAGE_SIZE
@@ -64,16 +68,18 @@ class APIView(View):
         handler = getattr(self, method.lower(), None) if allowed else None
         if handler is None:
             return self.http_method_not_allowed(request)
-        try:
-            require_utf8(request)
-            if method != "OPTIONS":
-                await authorize(request, method)
-            response: HttpResponse = await handler(request, *args, **kwargs)
-            return response
-        except AccessDenied as denied:
-            return error(denied.status, denied.message)
-        except BadRequest as bad:
-            return error(bad.status, bad.message, bad.headers)
+
+        async def view() -> HttpResponse:
+            try:
+                require_utf8(request)
+                if method != "OPTIONS":
+                    await authorize(request, method)
+                response: HttpResponse = await handler(request, *args, **kwargs)
+                return response
+            except AccessDenied as denied:
+                return error(denied.status, denied.message)
+
+        return await answer(request, view)  # type: ignore[return-value]
 
     def http_method_not_allowed(
         self, request: HttpRequest, *args: Any, **kwargs: Any
@@ -88,7 +94,7 @@ class BlobListView(APIView):
     http_method_names = ["get", "head", "options"]
 
     async def get(self, request: HttpRequest) -> HttpResponse:
-        prefix = request.GET.get("prefix", "")
+        prefix = without_controls("prefix", request.GET.get("prefix", ""))
         limit = _page_size(request.GET.get("limit"))
         after = _decode_cursor(request.GET.get("cursor"))
         try:
@@ -147,9 +153,10 @@ class BlobView(APIView):
     async def put(self, request: HttpRequest, key: str) -> HttpResponse:
         store = storage()
         checked_key(key)
-        body = request_body(request, getattr(store, "max_object_size", None))
-        with storage_errors():
-            created, info = await _write(request, store, key, body)
+        limit = getattr(store, "max_object_size", None)
+        async with request_body(request, limit) as body:
+            with storage_errors():
+                created, info = await _write(request, store, key, body)
         response = JsonResponse(_describe(info), status=201 if created else 200)
         response["ETag"] = _etag(info)
         return response
@@ -210,17 +217,21 @@ def _requested_range(request: HttpRequest, info: BlobInfo) -> tuple[int, int] | 
     first, dash, last = specs[0].strip().partition("-")
     unsatisfiable = BadRequest(
         416,
-        f"The range {header!r} is not within the blob's {info.size} bytes.",
+        f"The range {abbreviated(header)!r} is not within the blob's {info.size} bytes.",
         {"Content-Range": f"bytes */{info.size}"},
     )
-    if not dash or not (first or last) or not all(is_number(n) for n in (first, last) if n):
+    if not dash or not (first or last):
         raise unsatisfiable
-    if not first:  # the last N bytes
-        if int(last) == 0 or info.size == 0:
+    # Numbers past the blob's size mean its size (RFC 9110 §14.1.2): never converted whole.
+    start = bounded_number(first, info.size) if first else None
+    end = bounded_number(last, info.size) if last else None
+    if (first and start is None) or (last and end is None):
+        raise unsatisfiable
+    if start is None:  # the last N bytes
+        if not end or info.size == 0:
             raise unsatisfiable
-        return max(0, info.size - int(last)), info.size
-    start = int(first)
-    stop = info.size if not last else min(int(last) + 1, info.size)
+        return info.size - end, info.size
+    stop = info.size if end is None else min(end + 1, info.size)
     if start >= info.size or stop <= start:
         raise unsatisfiable
     return start, stop
@@ -256,9 +267,12 @@ def _describe(info: BlobInfo) -> dict[str, Any]:
 def _page_size(value: str | None) -> int:
     if value is None:
         return min(DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    if not is_number(value) or not 1 <= int(value) <= MAX_PAGE_SIZE:
-        raise BadRequest(400, f"limit must be a number from 1 to {MAX_PAGE_SIZE}, not {value!r}.")
-    return int(value)
+    size = bounded_number(value, MAX_PAGE_SIZE + 1)
+    if size is None or not 1 <= size <= MAX_PAGE_SIZE:
+        raise BadRequest(
+            400, f"limit must be a number from 1 to {MAX_PAGE_SIZE}, not {abbreviated(value)!r}."
+        )
+    return size
 
 
 def _encode_cursor(key: str) -> str:
@@ -270,6 +284,9 @@ def _decode_cursor(cursor: str | None) -> str:
         return ""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        return base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        key = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadRequest(400, f"The cursor {cursor!r} is not one this API gave out.") from None
+        raise BadRequest(
+            400, f"The cursor {abbreviated(cursor)!r} is not one this API gave out."
+        ) from None
+    return without_controls("cursor", key)

@@ -29,7 +29,8 @@ def free_port() -> int:
 class LiveSite:
     """The demo site on a fresh database: SQLite in a temporary directory, or database_url."""
 
-    def __init__(self, database_url: str | None = None) -> None:
+    def __init__(self, database_url: str | None = None, settings: str = "") -> None:
+        """settings: Python lines that the site's settings module runs after its own."""
         self._var_dir = tempfile.TemporaryDirectory()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -37,6 +38,14 @@ class LiveSite:
         self.environment.pop("DATABASE_URL", None)
         if database_url is not None:
             self.environment["DATABASE_URL"] = database_url
+        if settings:
+            base = self.environment.get("DJANGO_SETTINGS_MODULE", "project.settings")
+            module = self.directory / "live_settings.py"
+            module.write_text(f"from {base} import *  # noqa: F403\n{settings}\n")
+            paths = [self._var_dir.name, str(ROOT), self.environment.get("PYTHONPATH", "")]
+            self.environment["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
+            self.environment["DJANGO_SETTINGS_MODULE"] = "live_settings"
+        self.log_path = self.directory / "server.log"
         self.server: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,24 +76,25 @@ class LiveSite:
                 *(sys.executable, "-m", "uvicorn", "project.asgi:application"),
                 *("--port", str(self.port), "--workers", str(workers), "--lifespan", "off"),
             ]
-        self.server = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            env=self.environment,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        # A file, not a pipe that nobody reads and that would block the server when full.
+        with self.log_path.open("ab") as log:
+            self.server = subprocess.Popen(
+                command, cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.server.poll() is not None:
-                output = self.server.stdout.read() if self.server.stdout else b""
-                raise RuntimeError(f"rundemo exited: {output.decode(errors='replace')}")
+                raise RuntimeError(f"rundemo exited: {self.log()}")
             try:
                 httpx.get(f"{self.url}/admin/login/", timeout=2)
                 return
             except httpx.TransportError:
                 time.sleep(0.2)
         raise RuntimeError("the demo site did not answer within 60 s")
+
+    def log(self) -> str:
+        """Return what the server has written to its stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
         if self.server is not None:
@@ -113,6 +123,8 @@ class LiveAPITestCase(SimpleTestCase):
     """The demo site under uvicorn for the whole class, and self.http with an API token."""
 
     workers = 1
+    site_settings = ""
+    """Python lines that the site's settings module runs after its own."""
     site: LiveSite
     secret: str
     _resources: contextlib.ExitStack
@@ -121,7 +133,7 @@ class LiveAPITestCase(SimpleTestCase):
     def setUpClass(cls) -> None:
         super().setUpClass()
         cls._resources = contextlib.ExitStack()
-        cls.site = LiveSite(cls.make_database(cls._resources))
+        cls.site = LiveSite(cls.make_database(cls._resources), cls.site_settings)
         cls._resources.callback(cls.site.stop)
         cls.site.manage("migrate", "--verbosity=0")
         cls.site.environment["DJANGO_SUPERUSER_PASSWORD"] = "pw"

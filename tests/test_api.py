@@ -2,21 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import json
+from collections.abc import Mapping
 from io import StringIO
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from django.contrib.auth.models import Permission, User
+from django.core.asgi import get_asgi_application
 from django.core.management import CommandError, call_command
+from django.core.signals import request_finished
+from django.db import close_old_connections
 from django.test import TestCase, override_settings
 from django.utils import timezone
 
+from blobstore.asgi import APIRouter
 from blobstore.contrib.proxystore import endpoint_uuid
-from blobstore.models import APIToken
+from blobstore.models import APIToken, BlobChunk
 from blobstore.storage import storages
 
+POSTGRES_STORAGE = {
+    "default": {"BACKEND": "blobstore.storage.ORMStorage", "OPTIONS": {"using": "postgres"}}
+}
+HUGE = "9" * 5000
+"""A number past Python's int-string limit (4,300 digits): int() of it raises ValueError."""
 DICT_STORAGE = {"default": {"BACKEND": "blobstore.storage.DictStorage", "OPTIONS": {}}}
 SMALL_STORAGE = {
     "default": {"BACKEND": "blobstore.storage.DictStorage", "OPTIONS": {"max_object_size": 10}}
@@ -59,6 +71,10 @@ class APITestCase(TestCase):
 
     def auth(self, user: str = "admin") -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secrets[user]}"}
+
+    def raw_auth(self) -> list[tuple[bytes, bytes]]:
+        """Return the admin's credentials as ASGI headers."""
+        return [(b"authorization", self.auth()["Authorization"].encode())]
 
     async def put(self, key: str, body: bytes, user: str = "admin", **headers: str) -> Any:
         return await self.async_client.put(
@@ -447,3 +463,201 @@ class TokenAdminTests(TestCase):
         )
         token.refresh_from_db()
         self.assertIsNotNone(token.revoked)
+
+
+def _hostile_requests() -> list[tuple[str, str, str, dict[str, str], int]]:
+    """(what, method, path, headers, status): numbers too long to convert, controls in text."""
+    nul_cursor = base64.urlsafe_b64encode(b"a\x00b").decode().rstrip("=")
+    tab_cursor = base64.urlsafe_b64encode(b"a\tb").decode().rstrip("=")
+    return [
+        ("limit of 5,000 digits", "GET", f"/blobs/?limit={HUGE}", {}, 400),
+        ("limit of 5,000 zeros", "GET", f"/blobs/?limit={'0' * 5000}", {}, 400),
+        ("limit of 5,000 digits, negative", "GET", f"/blobs/?limit=-{HUGE}", {}, 400),
+        ("range start of 5,000 digits", "GET", "/blobs/existing", {"Range": f"bytes={HUGE}-"}, 416),
+        (
+            "range of two 5,000 digits",
+            "GET",
+            "/blobs/existing",
+            {"Range": f"bytes={HUGE}-{HUGE}"},
+            416,
+        ),
+        (
+            "range start past a huge end",
+            "GET",
+            "/blobs/existing",
+            {"Range": f"bytes=5-{'0' * 5000}"},
+            416,
+        ),
+        ("NUL in prefix", "GET", "/blobs/?prefix=a%00b", {}, 400),
+        ("tab in prefix", "GET", "/blobs/?prefix=a%09", {}, 400),
+        ("DEL in prefix", "GET", "/blobs/?prefix=%7F", {}, 400),
+        ("NUL in cursor", "GET", f"/blobs/?cursor={nul_cursor}", {}, 400),
+        ("tab in cursor", "GET", f"/blobs/?cursor={tab_cursor}", {}, 400),
+        ("cursor of 5,000 characters", "GET", f"/blobs/?cursor={HUGE}", {}, 400),
+        ("proxystore endpoint of 5,000 digits", "GET", f"/exists?key=k&endpoint={HUGE}", {}, 400),
+    ]
+
+
+class HostileInputTests(APITestCase):
+    """Numbers of 5,000 digits and control characters: a 4xx JSON error, never a 500."""
+
+    async def assert_refused_and_unchanged(self) -> None:
+        await self.put("existing", b"0123456789")
+        before = await self.contents()
+        for what, method, path, headers, status in _hostile_requests():
+            with self.subTest(what):
+                response = await self.async_client.generic(
+                    method, path, headers={**self.auth(), **headers}
+                )
+                self.assertEqual(response.status_code, status, response.content[:200])
+                self.assertIn("error", response.json())
+                self.assertLess(len(response.json()["error"]), 200)  # not the 5,000 digits
+        self.assertEqual(await self.contents(), before)
+
+    async def test_refused_with_4xx_and_nothing_changed(self) -> None:
+        await self.assert_refused_and_unchanged()
+
+    async def test_ranges_past_the_end_are_the_rest_of_the_blob(self) -> None:
+        # RFC 9110 §14.1.2: a last position past the end, or a suffix longer
+        # than the blob, means the rest of it; no digit of them is converted.
+        await self.put("k", b"0123456789")
+        for start, header in (
+            (0, f"bytes=0-{HUGE}"),
+            (0, f"bytes=-{HUGE}"),
+            (3, f"bytes=3-{HUGE}"),
+        ):
+            with self.subTest(header[:10]):
+                response = await self.get("/blobs/k", Range=header)
+                self.assertEqual(response.status_code, 206)
+                self.assertEqual(response.content, b"0123456789"[start:])
+                self.assertEqual(response["Content-Range"], f"bytes {start}-9/10")
+
+    async def test_limit_with_leading_zeros_is_its_number(self) -> None:
+        await self.put("a", b"1")
+        await self.put("b", b"2")
+        page = await self.get(f"/blobs/?limit={'0' * 5000}1")
+        self.assertEqual([blob["key"] for blob in page.json()["blobs"]], ["a"])
+
+    async def test_content_length_of_5000_digits_is_413(self) -> None:
+        await self.put("existing", b"kept")
+        for method, path in (("PUT", "/blobs/existing"), ("POST", "/set?key=existing")):
+            with self.subTest(method):
+                status, _, body = await asgi_call(
+                    method, path, [(b"content-length", HUGE.encode()), *self.raw_auth()], [b"x"]
+                )
+                self.assertEqual(status, 413)
+                self.assertIn("larger", json.loads(body)["error"])
+        self.assertEqual(await self.contents(), {"existing": b"kept"})
+
+    async def test_content_length_not_a_number_is_400(self) -> None:
+        for value in ("12a", "-1", "\u00b2", "1e9", ""):
+            with self.subTest(value):
+                status, _, body = await asgi_call(
+                    "PUT", "/blobs/k", [(b"content-length", value.encode()), *self.raw_auth()], []
+                )
+                self.assertEqual(status, 400)
+                self.assertIn("Content-Length", json.loads(body)["error"])
+        self.assertEqual(await self.contents(), {})
+
+
+@override_settings(BLOBSTORE_STORAGES=POSTGRES_STORAGE)
+class HostileInputPostgreSQLTests(HostileInputTests):
+    """The same on PostgreSQL, which refuses NUL in text with an error of its own."""
+
+    databases = {"default", "postgres"}
+
+
+class SlowBodyTests(APITestCase):
+    """A body that stops arriving, on the short path, ends with 408 and stores nothing."""
+
+    @override_settings(BLOBSTORE_BODY_TIMEOUT=0.3)
+    async def test_stalled_and_trickling_bodies_are_408(self) -> None:
+        await self.put("kept", b"old")
+        first = b"x" * (1536 * 1024)  # a chunk row written, then nothing more
+        trickle = [first, *[b"y"] * 20]
+        for what, chunks, delay in (("stall", [first], 0.0), ("trickle", trickle, 0.05)):
+            for path in ("/blobs/kept", "/set?key=kept"):
+                with self.subTest(what=what, path=path):
+                    length = str(4 * 1024 * 1024).encode()
+                    status, headers, body = await asgi_call(
+                        "PUT" if path.startswith("/blobs") else "POST",
+                        path,
+                        [(b"content-length", length), *self.raw_auth()],
+                        chunks,
+                        stall=True,
+                        delay=delay,
+                    )
+                    self.assertEqual(status, 408)
+                    self.assertEqual(headers[b"connection"], b"close")
+                    self.assertIn("too slowly", json.loads(body)["error"])
+        self.assertEqual(await self.contents(), {"kept": b"old"})
+        self.assertEqual(await BlobChunk.objects.acount(), 0)
+
+    @override_settings(BLOBSTORE_BODY_TIMEOUT=0.3)
+    async def test_a_slow_body_that_keeps_coming_is_stored(self) -> None:
+        pieces = [b"z" * (96 * 1024)] * 8  # 96 KiB every 0.1 s: slow, but moving
+        status, _, body = await asgi_call(
+            "PUT",
+            "/blobs/slow",
+            [(b"content-length", str(8 * 96 * 1024).encode()), *self.raw_auth()],
+            pieces,
+            delay=0.1,
+        )
+        self.assertEqual(status, 201, body)
+        self.assertEqual(await self.contents(), {"slow": b"".join(pieces)})
+
+
+async def asgi_call(
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    chunks: list[bytes],
+    *,
+    stall: bool = False,
+    delay: float = 0.0,
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """Send a request to the site's short path as an ASGI server would; return the answer.
+
+    The body is chunks, delay seconds apart; with stall, the client then
+    sends nothing more. Unlike the test client, headers go as they are given.
+    """
+    raw_path, _, query = path.partition("?")
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path),
+        "raw_path": raw_path.encode(),
+        "query_string": query.encode(),
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 40000),
+        "server": ("testserver", 80),
+    }
+    pending = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
+    if not stall:
+        pending.append({"type": "http.request", "body": b"", "more_body": False})
+
+    async def receive() -> dict[str, Any]:
+        if not pending:
+            await asyncio.Event().wait()  # the client sends nothing more
+        await asyncio.sleep(delay)
+        return pending.pop(0)
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: Mapping[str, Any]) -> None:
+        sent.append(dict(message))
+
+    # As Django's test client does: the test's transaction keeps its connection.
+    request_finished.disconnect(close_old_connections)
+    try:
+        # Bounded: a server that never gave up on a stalled body would hang the suite.
+        await asyncio.wait_for(APIRouter(get_asgi_application())(scope, receive, send), 20)
+    finally:
+        request_finished.connect(close_old_connections)
+    start = sent[0]
+    answered = {name.lower(): value for name, value in start["headers"]}
+    return start["status"], answered, b"".join(m.get("body", b"") for m in sent[1:])

@@ -15,6 +15,8 @@ from django.views.decorators.csrf import csrf_exempt
 from blobstore.contrib.proxystore import allowed_networks, endpoint_uuid
 from blobstore.http import (
     BadRequest,
+    abbreviated,
+    answer,
     blob_response,
     checked_key,
     error,
@@ -38,12 +40,13 @@ def endpoint_route(method: str) -> Callable[[View], View]:
                 return error(405, f"Use {method} here.", {"Allow": method})
             if not _client_allowed(request.META.get("REMOTE_ADDR", "")):
                 return error(403, "This client may not use the ProxyStore endpoint routes.")
-            try:
+
+            async def checked_view() -> HttpResponseBase:
                 require_utf8(request)
                 _check_endpoint(request.GET.get("endpoint"))
                 return await view(request)
-            except BadRequest as bad:
-                return error(bad.status, bad.message, bad.headers)
+
+            return await answer(request, checked_view)
 
         route.blobstore_api = True  # type: ignore[attr-defined]  # no middleware: blobstore.asgi
         return route
@@ -79,9 +82,9 @@ async def set(request: HttpRequest) -> HttpResponse:
     """Store the request body under the key."""
     key = _key(request)
     store = _storage()
-    body = request_body(request, getattr(store, "max_object_size", None))
-    with storage_errors():
-        await store.write(key, body)
+    async with request_body(request, getattr(store, "max_object_size", None)) as body:
+        with storage_errors():
+            await store.write(key, body)
     return HttpResponse(status=200)
 
 
@@ -110,7 +113,7 @@ def _check_endpoint(value: str | None) -> None:
     try:
         named = uuid.UUID(value)
     except ValueError:
-        raise BadRequest(400, f"endpoint must be a UUID, not {value!r}.") from None
+        raise BadRequest(400, f"endpoint must be a UUID, not {abbreviated(value)!r}.") from None
     if named != endpoint_uuid():
         raise BadRequest(400, f"This endpoint is {endpoint_uuid()} and forwards to no peers.")
 
