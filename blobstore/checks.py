@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -99,7 +100,7 @@ def check_sqlite_journal(**kwargs: Any) -> list[CheckMessage]:
     ]
 
 
-def _sqlite_without_wal(database: dict[str, Any]) -> bool:
+def _sqlite_without_wal(database: Mapping[str, Any]) -> bool:
     if not str(database.get("ENGINE", "")).endswith("sqlite3"):
         return False
     init_command = str(database.get("OPTIONS", {}).get("init_command", ""))
