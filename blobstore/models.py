@@ -12,7 +12,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from blobstore.storage.base import MAX_KEY_LENGTH
+from blobstore.storage.base import MAX_CONTENT_TYPE_LENGTH, MAX_KEY_LENGTH, OCTET_STREAM
 
 TOKEN_PREFIX = "bs_"
 """Every API token secret starts so, which lets secret scanners find leaked ones."""
@@ -68,6 +68,19 @@ class Blob(models.Model):
         blank=True,
         editable=False,
         help_text=_("Names the chunk rows after the first chunk; empty when there are none."),
+    )
+    content_type = models.CharField(
+        _("content type"), max_length=MAX_CONTENT_TYPE_LENGTH, default=OCTET_STREAM
+    )
+    metadata = models.JSONField(
+        _("metadata"), default=dict, blank=True, help_text=_("Names and values of the user's own.")
+    )
+    expires = models.DateTimeField(
+        _("expires"),
+        null=True,
+        blank=True,
+        db_index=True,
+        help_text=_("After this the blob is gone for every read, and purge deletes it."),
     )
 
     objects = BlobQuerySet.as_manager()

@@ -67,18 +67,28 @@ import hashlib
 import io
 import re
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self, TypeVar, runtime_checkable
 
 from blobstore.exceptions import ObjectSizeExceededError
+
+OCTET_STREAM = "application/octet-stream"
+"""The content type of a blob stored without one."""
+
+MAX_CONTENT_TYPE_LENGTH = 255
+MAX_METADATA_SIZE = 2048
+"""The most bytes that the names and values of a blob's metadata may add up to."""
 
 MAX_KEY_LENGTH = 1024
 """The longest key, in bytes of its UTF-8 form."""
 
 DEFAULT_MAX_OBJECT_SIZE = 100 * 1024 * 1024
 """The largest blob a storage accepts unless told otherwise, in bytes (100 MiB)."""
+
+ORPHAN_AGE = datetime.timedelta(hours=1)
+"""How long :meth:`BaseStorage.purge` waits before it takes an upload for abandoned."""
 
 DEFAULT_PAGE_SIZE = 1000
 """How many records :meth:`ListingStorage.list_blobs` returns unless told otherwise."""
@@ -93,6 +103,11 @@ T = TypeVar("T")
 
 _FIRST_SURROGATE, _LAST_SURROGATE = 0xD800, 0xDFFF
 _CONTROL = re.compile("[\x00-\x1f\x7f]")
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_MEDIA_TYPE = re.compile(
+    rf'{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"[^"\\\x00-\x1f\x7f]*"))*'
+)
+_METADATA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 @runtime_checkable
@@ -129,6 +144,13 @@ class BlobInfo:
     updated: datetime.datetime
     sha256: str
     """The hex SHA-256 digest of the blob."""
+    content_type: str = OCTET_STREAM
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """The user's own names and values, as :func:`validate_metadata` allows them."""
+    created: datetime.datetime | None = None
+    """When the key got its first blob; every built-in backend records it."""
+    expires: datetime.datetime | None = None
+    """When the blob stops being readable, if ever."""
 
 
 @runtime_checkable
@@ -139,6 +161,17 @@ class ListingStorage(Storage, Protocol):
         self, prefix: str = "", *, after: str = "", limit: int = DEFAULT_PAGE_SIZE
     ) -> list[BlobInfo]:
         """Return up to limit records whose keys start with prefix and sort after `after`."""
+        ...
+
+    async def list_folder(
+        self,
+        prefix: str = "",
+        *,
+        delimiter: str = "/",
+        after: str = "",
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> list[BlobInfo | str]:
+        """Return up to limit blobs directly under prefix and sub-prefixes, after `after`."""
         ...
 
 
@@ -244,12 +277,16 @@ class StreamingStorage(BlobStorage, Protocol):
         *,
         if_absent: bool = False,
         if_sha256: str | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        expires: datetime.datetime | None = None,
     ) -> BlobInfo | None:
         """Store the concatenated chunks under key; return the new record.
 
         With ``if_absent`` the blob is stored only if the key is free, with
         ``if_sha256`` only if the current blob has that digest; either way
         the check and the write are atomic, and None means the check failed.
+        The content type, metadata and expiry replace the old blob's too.
         """
         ...
 
@@ -400,6 +437,87 @@ def validate_blob(blob: object) -> bytes | memoryview:
     raise TypeError(f"A blob must be bytes, bytearray or memoryview, not {type(blob).__name__}.")
 
 
+def validate_content_type(content_type: object) -> str:
+    """Return content_type, a media type such as ``text/plain; charset=utf-8``, or raise."""
+    if content_type is None:
+        return OCTET_STREAM
+    if not isinstance(content_type, str):
+        raise TypeError(f"content_type must be a str, not {type(content_type).__name__}.")
+    if len(content_type) > MAX_CONTENT_TYPE_LENGTH or not _MEDIA_TYPE.fullmatch(content_type):
+        raise ValueError(
+            f"content_type must be a media type such as 'image/png' of at most "
+            f"{MAX_CONTENT_TYPE_LENGTH} characters, not {_abbreviate(content_type)!r}."
+        )
+    kind, _, parameters = content_type.partition(";")
+    return kind.strip().lower() + (f";{parameters}" if parameters else "")
+
+
+def validate_metadata(metadata: object) -> dict[str, str]:
+    """Return metadata as a dict of lower-case names to values, or raise TypeError or ValueError.
+
+    Names are letters, digits, ``-`` and ``_``, so that they travel as HTTP
+    headers (``X-Blobstore-Meta-<name>``); values are printable ASCII; all
+    of it at most :data:`MAX_METADATA_SIZE` bytes.
+    """
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise TypeError(f"metadata must be a mapping, not {type(metadata).__name__}.")
+    checked: dict[str, str] = {}
+    for name, value in metadata.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise TypeError("metadata must map str names to str values.")
+        if not _METADATA_NAME.fullmatch(name):
+            raise ValueError(
+                f"A metadata name must be 1 to 64 letters, digits, '-' or '_', not "
+                f"{_abbreviate(name)!r}."
+            )
+        if not (value.isascii() and value.isprintable()):
+            raise ValueError(f"The metadata value of {name!r} must be printable ASCII.")
+        checked[name.lower()] = value
+    size = sum(len(name) + len(value) for name, value in checked.items())
+    if size > MAX_METADATA_SIZE:
+        raise ValueError(
+            f"metadata has {size} bytes of names and values, more than {MAX_METADATA_SIZE}."
+        )
+    return checked
+
+
+def validate_expires(expires: object) -> datetime.datetime | None:
+    """Return expires if it is None or an aware datetime in the future, or raise."""
+    if expires is None:
+        return None
+    if not isinstance(expires, datetime.datetime):
+        raise TypeError(f"expires must be a datetime, not {type(expires).__name__}.")
+    if expires.utcoffset() is None:
+        raise ValueError("expires must be an aware datetime (with a time zone).")
+    if expires <= datetime.datetime.now(datetime.UTC):
+        raise ValueError(f"expires must be in the future, not {expires.isoformat()}.")
+    return expires
+
+
+@dataclass(frozen=True, slots=True)
+class Attributes:
+    """What a write says about a blob besides its bytes."""
+
+    content_type: str = OCTET_STREAM
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    expires: datetime.datetime | None = None
+
+    @classmethod
+    def validated(cls, content_type: object, metadata: object, expires: object) -> Attributes:
+        """Return the attributes of a write, checked, or raise TypeError or ValueError."""
+        return cls(
+            validate_content_type(content_type),
+            validate_metadata(metadata),
+            validate_expires(expires),
+        )
+
+
+PLAIN = Attributes()
+"""The attributes of a blob written without any."""
+
+
 def validate_digest(sha256: object) -> str:
     """Return sha256 if it is a str, or raise TypeError."""
     if not isinstance(sha256, str):
@@ -487,13 +605,109 @@ def _abbreviate(text: str, length: int = 40) -> str:
     return text if len(text) <= length else text[:length] + "…"
 
 
-class GatheredStreams:
-    """``stream`` and ``write`` for a storage that keeps each blob whole in memory anyway."""
+class BaseStorage:
+    """What every built-in backend shares, and the methods that can be built on others.
 
-    max_object_size: int | None
+    A backend overrides the five methods of :class:`Storage` and
+    ``list_blobs`` and ``stat``, and either ``stream`` and ``write`` (when it
+    streams) or ``fetch`` and ``write``: each default here is built on the
+    others, as Django's ``BaseCache`` builds ``get_many`` on ``get``.
+    """
+
+    def __init__(self, *, max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE) -> None:
+        self.max_object_size = validate_max_object_size(max_object_size)
+
+    async def get(self, key: str, default: bytes | None = None) -> bytes | None:
+        """Return the blob for key, or default when there is none."""
+        fetched = await self.fetch(key)
+        return default if fetched is None else fetched[1]
+
+    async def set(self, key: str, blob: BytesLike) -> None:
+        """Store blob under key, replacing any blob already there."""
+        await self.write(key, once(validate_item(key, blob, self.max_object_size)))
+
+    async def exists(self, key: str) -> bool:
+        """Return whether a blob is stored under key."""
+        return await self.stat(key) is not None
+
+    async def evict(self, key: str) -> None:
+        """Remove the blob stored under key, if there is one."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release the resources that the storage holds."""
+
+    async def list_blobs(
+        self, prefix: str = "", *, after: str = "", limit: int = DEFAULT_PAGE_SIZE
+    ) -> list[BlobInfo]:
+        """Return up to limit records whose keys start with prefix and sort after `after`."""
+        raise NotImplementedError
+
+    async def list_folder(
+        self,
+        prefix: str = "",
+        *,
+        delimiter: str = "/",
+        after: str = "",
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> list[BlobInfo | str]:
+        """Return up to limit blobs directly under prefix and sub-prefixes, after `after`.
+
+        Entries come in key order: a record for each key with no delimiter
+        after the prefix, and, for the keys that have one, their prefix up to
+        and including it, once. To get the next page, pass the last entry (its
+        key, or the prefix itself) as after. Each sub-prefix costs one more
+        index range, not a scan of the keys under it.
+        """
+        validate_listing(prefix, after, limit)
+        if not isinstance(delimiter, str) or not delimiter:
+            raise ValueError(f"delimiter must be a non-empty str, not {delimiter!r}.")
+        entries: list[BlobInfo | str] = []
+        cursor = after
+        while len(entries) < limit:
+            page = await self.list_blobs(prefix, after=cursor, limit=limit - len(entries))
+            for info in page:
+                cut = info.key.find(delimiter, len(prefix))
+                if cut < 0:
+                    entries.append(info)
+                    cursor = info.key
+                    continue
+                folder = info.key[: cut + len(delimiter)]
+                if folder > after:
+                    entries.append(folder)
+                # Past every key in the folder, but for keys holding U+10FFFF there.
+                cursor = folder + chr(sys.maxunicode)
+                break
+            else:
+                if len(page) < limit - len(entries) or not page:
+                    break
+        return entries
+
+    async def stat(self, key: str) -> BlobInfo | None:
+        """Return the record of the blob stored under key, or None."""
+        raise NotImplementedError
+
+    async def fetch(self, key: str) -> tuple[BlobInfo, bytes] | None:
+        """Return the record and the bytes of one version of the blob, or None."""
+        stream = await self.stream(key)
+        if stream is None:
+            return None
+        async with stream:
+            return stream.info, await stream.read()
+
+    async def create(self, key: str, blob: BytesLike) -> bool:
+        """Store blob under key unless a blob is there; return whether it was stored."""
+        data = validate_item(key, blob, self.max_object_size)
+        return await self.write(key, once(data), if_absent=True) is not None
+
+    async def replace(self, key: str, blob: BytesLike, *, sha256: str) -> bool:
+        """Replace the blob under key if its digest is sha256; return whether it was replaced."""
+        data = validate_item(key, blob, self.max_object_size)
+        validate_digest(sha256)
+        return await self.write(key, once(data), if_sha256=sha256) is not None
 
     async def stream(
-        self: BlobStorage, key: str, *, start: int = 0, stop: int | None = None
+        self, key: str, *, start: int = 0, stop: int | None = None
     ) -> BlobStream | None:
         """Open the bytes ``[start, stop)`` of the blob under key as a stream, or return None."""
         fetched = await self.fetch(key)
@@ -504,40 +718,36 @@ class GatheredStreams:
         return BlobStream(info, first, last, slices(data, first, last))
 
     async def write(
-        self: BlobStorage,
+        self,
         key: str,
         chunks: AsyncIterable[BytesLike],
         *,
         if_absent: bool = False,
         if_sha256: str | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        expires: datetime.datetime | None = None,
     ) -> BlobInfo | None:
-        """Store the concatenated chunks under key; return the new record, or None."""
-        validate_key(key)
-        if if_sha256 is not None:
-            validate_digest(if_sha256)
-        upload = Upload(chunks, getattr(self, "max_object_size", None))
-        buffer = io.BytesIO()
-        async for chunk in upload.checked():
-            buffer.write(chunk)
-        blob = buffer.getvalue()
-        if if_absent:
-            stored = await self.create(key, blob)
-        elif if_sha256 is not None:
-            stored = await self.replace(key, blob, sha256=if_sha256)
-        else:
-            await self.set(key, blob)
-            stored = True
-        return await self.stat(key) if stored else None
+        """Store the concatenated chunks under key; return the new record, or None.
 
+        None means that ``if_absent`` or ``if_sha256`` did not hold; then, as
+        when this raises, the previous blob is left as it was.
+        """
+        raise NotImplementedError
 
-class BaseStorage:
-    """What every built-in backend shares: the size limit and the context manager."""
+    async def purge(
+        self,
+        *,
+        older_than: datetime.timedelta = datetime.timedelta(hours=1),
+        batches: int | None = None,
+    ) -> int:
+        """Delete expired blobs and what abandoned uploads left; return how many rows went.
 
-    def __init__(self, *, max_object_size: int | None = DEFAULT_MAX_OBJECT_SIZE) -> None:
-        self.max_object_size = validate_max_object_size(max_object_size)
-
-    async def close(self) -> None:
-        """Release the resources that the storage holds."""
+        Uploads still under way keep their chunks: only those whose newest
+        chunk is older than older_than go. Work goes in batches, each a
+        transaction of its own; batches bounds how many run (all, by default).
+        """
+        return 0
 
     async def __aenter__(self) -> Self:
         return self

@@ -19,11 +19,14 @@ import contextlib
 import datetime
 import logging
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
 from blobstore.storage.base import (
+    ORPHAN_AGE,
+    PLAIN,
+    Attributes,
     BaseStorage,
     BlobInfo,
     BlobStream,
@@ -39,11 +42,9 @@ from blobstore.storage.base import (
 CHUNK_SIZE = 1024 * 1024
 """The size of every chunk of a blob but the last, in bytes."""
 
-ORPHAN_AGE = datetime.timedelta(hours=1)
-"""How long :meth:`ChunkedStorage.purge` waits before it takes an upload for abandoned."""
 
 PURGE_BATCH = 16
-"""How many abandoned versions one transaction of :meth:`ChunkedStorage.purge` deletes."""
+"""How many expired blobs and abandoned versions one batch of :meth:`ChunkedStorage.purge` takes."""
 
 _ATTEMPTS = 5
 
@@ -61,10 +62,21 @@ class Version:
     version: uuid.UUID | None
     """Names the chunk rows after the head; None when the head is the whole blob."""
     updated: datetime.datetime
+    attributes: Attributes = PLAIN
 
-    def info(self) -> BlobInfo:
-        """Return the record that this version will have."""
-        return BlobInfo(self.key, self.size, self.updated, self.sha256)
+    def info(self, created: datetime.datetime) -> BlobInfo:
+        """Return the record that this version has, once committed on a key created then."""
+        attributes = self.attributes
+        return BlobInfo(
+            self.key,
+            self.size,
+            self.updated,
+            self.sha256,
+            attributes.content_type,
+            attributes.metadata,
+            created,
+            attributes.expires,
+        )
 
 
 class ChunkSink(Protocol):
@@ -103,6 +115,9 @@ class ChunkedStorage(BaseStorage):
         *,
         if_absent: bool = False,
         if_sha256: str | None = None,
+        content_type: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+        expires: datetime.datetime | None = None,
     ) -> BlobInfo | None:
         """Store the concatenated chunks under key; return the new record, or None.
 
@@ -112,6 +127,7 @@ class ChunkedStorage(BaseStorage):
         validate_key(key)
         if if_sha256 is not None:
             validate_digest(if_sha256)
+        attributes = Attributes.validated(content_type, metadata, expires)
         upload = Upload(chunks, self.max_object_size)
         pieces = upload.pieces(self.chunk_size)
         head = await anext(pieces)
@@ -123,29 +139,30 @@ class ChunkedStorage(BaseStorage):
             # The body failed, went over the limit or was cancelled: nothing changes.
             await run_to_end(rows.abandon())
             raise
-        row = Version(
-            key, head, upload.size, upload.sha256, rows.version if rows.used else None, self._now()
-        )
+        version = rows.version if rows.used else None
+        row = Version(key, head, upload.size, upload.sha256, version, self._now(), attributes)
         # From here on the outcome is the database's: the commit and its
         # cleanup run to their end even if the caller stops waiting.
-        stored = await run_to_end(self._finish(rows, row, if_absent=if_absent, if_sha256=if_sha256))
-        return row.info() if stored else None
+        created = await run_to_end(
+            self._finish(rows, row, if_absent=if_absent, if_sha256=if_sha256)
+        )
+        return None if created is None else row.info(created)
 
     async def _finish(
         self, rows: _ChunkWriter, row: Version, *, if_absent: bool, if_sha256: str | None
-    ) -> bool:
+    ) -> datetime.datetime | None:
         """Commit row once its chunks are in; drop its chunks unless it was stored."""
         try:
             await rows.flush()
-            stored = await self._commit(row, if_absent=if_absent, if_sha256=if_sha256)
+            created = await self._commit(row, if_absent=if_absent, if_sha256=if_sha256)
         except BaseException:
             await rows.abandon()
             raise
-        if stored:
-            await rows.close()
-        else:
+        if created is None:
             await rows.abandon()
-        return stored
+        else:
+            await rows.close()
+        return created
 
     async def stream(
         self, key: str, *, start: int = 0, stop: int | None = None
@@ -177,26 +194,29 @@ class ChunkedStorage(BaseStorage):
     async def purge(
         self, *, older_than: datetime.timedelta = ORPHAN_AGE, batches: int | None = None
     ) -> int:
-        """Delete the chunks of uploads that stopped before committing; return how many.
+        """Delete expired blobs and the chunks of abandoned uploads; return how many rows went.
 
         A process killed in the middle of an upload leaves the chunks it had
         written, which no blob names. Uploads still under way keep theirs:
         only versions whose newest chunk is older than older_than go. Each
-        batch of :data:`PURGE_BATCH` versions is a transaction of its own, so
-        that a purge run from cron never holds the database for long; batches
-        bounds how many run (all, by default).
+        batch of up to :data:`PURGE_BATCH` blobs and versions is a transaction
+        of its own, so that a purge run from cron never holds the database for
+        long; batches bounds how many run (all, by default).
         """
         deleted = 0
         while batches is None or batches > 0:
-            versions, rows = await run_to_end(self._purge_batch(older_than, PURGE_BATCH))
+            found, rows = await run_to_end(self._purge_batch(older_than, PURGE_BATCH))
             deleted += rows
-            if versions < PURGE_BATCH:
+            if found < PURGE_BATCH:
                 break
             batches = None if batches is None else batches - 1
         return deleted
 
     async def _purge_batch(self, older_than: datetime.timedelta, limit: int) -> tuple[int, int]:
-        """Delete the chunks of up to limit abandoned versions; return (versions, chunk rows)."""
+        """Delete up to limit expired blobs and abandoned versions each.
+
+        Return how many of them it found, and how many rows it deleted.
+        """
         raise NotImplementedError
 
     async def _read_head(self, key: str) -> tuple[BlobInfo, bytes, uuid.UUID | None] | None:
@@ -216,8 +236,13 @@ class ChunkedStorage(BaseStorage):
         """Return where an upload's chunks go."""
         raise NotImplementedError
 
-    async def _commit(self, row: Version, *, if_absent: bool, if_sha256: str | None) -> bool:
-        """Point row.key at row atomically if the condition holds, dropping the old chunks."""
+    async def _commit(
+        self, row: Version, *, if_absent: bool, if_sha256: str | None
+    ) -> datetime.datetime | None:
+        """Point row.key at row atomically if the condition holds, dropping the old chunks.
+
+        Return when the key was created, or None if the condition did not hold.
+        """
         raise NotImplementedError
 
     async def _discard(self, version: uuid.UUID) -> None:

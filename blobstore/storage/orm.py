@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from blobstore.storage.base import (
@@ -30,7 +30,6 @@ from blobstore.storage.base import (
     once,
     prefix_end,
     run_to_end,
-    validate_digest,
     validate_item,
     validate_key,
     validate_listing,
@@ -51,7 +50,17 @@ if TYPE_CHECKING:
 CHUNKS_PER_FETCH = 4
 """How many chunks a stream reads from the database at a time."""
 
-_INFO_FIELDS = ["key", "size", "updated", "sha256"]
+# In the order of BlobInfo's fields.
+_INFO_FIELDS = [
+    "key",
+    "size",
+    "updated",
+    "sha256",
+    "content_type",
+    "metadata",
+    "created",
+    "expires",
+]
 _ATTEMPTS = 5
 _RETRIED_SQLSTATES = ("40P01", "40001")  # deadlock detected, serialization failure
 
@@ -93,6 +102,11 @@ class ORMStorage(ChunkedStorage):
         from blobstore.models import Blob
 
         return Blob.objects.using(self.using)
+
+    @property
+    def live(self) -> QuerySet[Blob]:
+        """Return the Blob rows that may be read: all but the expired ones."""
+        return self.blobs.filter(Q(expires=None) | Q(expires__gt=timezone.now()))
 
     @property
     def chunks(self) -> QuerySet[BlobChunk]:
@@ -141,7 +155,7 @@ class ORMStorage(ChunkedStorage):
         """Return up to limit records whose keys start with prefix and sort after `after`."""
         validate_listing(prefix, after, limit)
         # A key range, not __startswith: SQLite's LIKE ignores case.
-        rows = self.blobs.filter(key__gte=prefix, key__gt=after)
+        rows = self.live.filter(key__gte=prefix, key__gt=after)
         end = prefix_end(prefix)
         if end is not None:
             rows = rows.filter(key__lt=end)
@@ -151,30 +165,11 @@ class ORMStorage(ChunkedStorage):
     async def stat(self, key: str) -> BlobInfo | None:
         """Return the record of the blob stored under key, or None."""
         validate_key(key)
-        record = await self.blobs.filter(key=key).values_list(*_INFO_FIELDS).afirst()
+        record = await self.live.filter(key=key).values_list(*_INFO_FIELDS).afirst()
         return None if record is None else BlobInfo(*record)
 
-    async def fetch(self, key: str) -> tuple[BlobInfo, bytes] | None:
-        """Return the record and the bytes of the blob stored under key, or None."""
-        stream = await self.stream(key)
-        if stream is None:
-            return None
-        async with stream:
-            return stream.info, await stream.read()
-
-    async def create(self, key: str, blob: BytesLike) -> bool:
-        """Store blob under key unless a blob is there; return whether it was stored."""
-        data = validate_item(key, blob, self.max_object_size)
-        return await self.write(key, once(data), if_absent=True) is not None
-
-    async def replace(self, key: str, blob: BytesLike, *, sha256: str) -> bool:
-        """Replace the blob under key if its digest is sha256; return whether it was replaced."""
-        data = validate_item(key, blob, self.max_object_size)
-        validate_digest(sha256)
-        return await self.write(key, once(data), if_sha256=sha256) is not None
-
     async def _read_head(self, key: str) -> tuple[BlobInfo, bytes, uuid.UUID | None] | None:
-        fields = self.blobs.filter(key=key).values_list(*_INFO_FIELDS, "data", "version")
+        fields = self.live.filter(key=key).values_list(*_INFO_FIELDS, "data", "version")
         record = await fields.afirst()
         if record is None:
             return None
@@ -191,8 +186,10 @@ class ORMStorage(ChunkedStorage):
         await sink.open()
         return sink
 
-    async def _commit(self, row: Version, *, if_absent: bool, if_sha256: str | None) -> bool:
-        return bool(await self._write(self._commit_now, row, if_absent, if_sha256))
+    async def _commit(
+        self, row: Version, *, if_absent: bool, if_sha256: str | None
+    ) -> datetime.datetime | None:
+        return await self._write(self._commit_now, row, if_absent, if_sha256)  # type: ignore[no-any-return]
 
     async def _discard(self, version: uuid.UUID) -> None:
         await self._write(self._delete_version, version)
@@ -215,47 +212,62 @@ class ORMStorage(ChunkedStorage):
             table, quoted = _prepared(
                 self.blobs.model, connections[self.using], dict.fromkeys(columns)
             )
-            key_column = _quoted(self.using, "key")
-            sql = f"SELECT {', '.join(quoted) or '1'} FROM {table} WHERE {key_column} = %s"
+            key_column, expires = _quoted(self.using, "key"), _quoted(self.using, "expires")
+            sql = (
+                f"SELECT {', '.join(quoted) or '1'} FROM {table} WHERE {key_column} = %s "
+                f"AND ({expires} IS NULL OR {expires} > %s)"
+            )
             self._selects[columns] = sql
-        return _execute(connections[self.using], sql, [key])
+        connection = connections[self.using]
+        return _execute(connection, sql, [key, self._db_time(connection, timezone.now())])
+
+    def _db_time(self, connection: BaseDatabaseWrapper, moment: datetime.datetime) -> Any:
+        return self.blobs.model._meta.get_field("expires").get_db_prep_save(moment, connection)
 
     def _upsert_unchunked(self, row: Version) -> bool:
-        """Insert or replace an unchunked blob in one statement; return False if it is chunked."""
+        """Insert or replace an unchunked live blob in one statement; return whether it did."""
         table, values = self._row_values(row)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self._replaced(values))
+        version, expires = _quoted(self.using, "version"), _quoted(self.using, "expires")
+        updated = _quoted(self.using, "updated")
         sql = (
             f"INSERT INTO {table} ({', '.join(values)}) VALUES ({_marks(values)}) "
             f"ON CONFLICT ({_quoted(self.using, 'key')}) DO UPDATE SET {updates} "
-            f"WHERE {table}.{_quoted(self.using, 'version')} IS NULL RETURNING 1"
+            f"WHERE {table}.{version} IS NULL AND "
+            f"({table}.{expires} IS NULL OR {table}.{expires} > EXCLUDED.{updated}) RETURNING 1"
         )
         return bool(_execute(connections[self.using], sql, list(values.values())))
 
-    def _commit_now(self, row: Version, if_absent: bool, if_sha256: str | None) -> bool:
-        """Point key at the row's version if the condition holds; return whether it did."""
+    def _commit_now(
+        self, row: Version, if_absent: bool, if_sha256: str | None
+    ) -> datetime.datetime | None:
+        """Point key at the row's version if the condition holds; return the key's creation."""
         for _ in range(_ATTEMPTS):
             with transaction.atomic(using=self.using):
                 current = (
                     self.blobs.select_for_update()
                     .filter(key=row.key)
-                    .values_list("version", "sha256")
+                    .values_list("version", "sha256", "created", "expires")
                     .first()
                 )
                 if current is None:
                     if if_sha256 is not None:
-                        return False
+                        return None
                     if self._insert(row):
-                        return True
+                        return row.updated
                     if if_absent:
-                        return False
+                        return None
                     continue  # another writer created the key: lock its row, then replace
-                old_version, sha256 = current
-                if if_absent or (if_sha256 is not None and sha256 != if_sha256):
-                    return False
-                self._update(row)
+                old_version, sha256, created, expires = current
+                live = expires is None or expires > row.updated
+                if live and (if_absent or (if_sha256 is not None and sha256 != if_sha256)):
+                    return None
+                if not live and if_sha256 is not None:
+                    return None
+                self._update(row, created=None if live else row.updated)
                 if old_version is not None:
                     self.chunks.filter(version=old_version).delete()
-                return True
+                return created if live else row.updated
         raise RuntimeError(f"The blob {row.key!r} kept changing while it was being written.")
 
     def _insert(self, row: Version) -> bool:
@@ -266,9 +278,12 @@ class ORMStorage(ChunkedStorage):
         )
         return bool(_execute(connections[self.using], sql, list(values.values())))
 
-    def _update(self, row: Version) -> None:
+    def _update(self, row: Version, *, created: datetime.datetime | None) -> None:
+        """Replace the row of row.key; a new creation time too, if given."""
         table, values = self._row_values(row)
         replaced = self._replaced(values)
+        if created is not None:
+            replaced.append(_quoted(self.using, "created"))
         key = _quoted(self.using, "key")
         sql = f"UPDATE {table} SET {', '.join(f'{c} = %s' for c in replaced)} WHERE {key} = %s"
         _execute(connections[self.using], sql, [*(values[c] for c in replaced), values[key]])
@@ -288,6 +303,9 @@ class ORMStorage(ChunkedStorage):
             "created": row.updated,
             "updated": row.updated,
             "version": row.version,
+            "content_type": row.attributes.content_type,
+            "metadata": dict(row.attributes.metadata),
+            "expires": row.attributes.expires,
         }
         return _prepared(self.blobs.model, connections[self.using], values)
 
@@ -306,6 +324,14 @@ class ORMStorage(ChunkedStorage):
         self.chunks.filter(version=version).delete()
 
     def _purge_now(self, older_than: datetime.timedelta, limit: int) -> tuple[int, int]:
+        expired = list(
+            self.blobs.filter(expires__lte=timezone.now()).values_list("pk", flat=True)[:limit]
+        )
+        gone = self.blobs.filter(pk__in=expired).delete()[0] if expired else 0
+        found, deleted = self._purge_abandoned(older_than, limit)
+        return len(expired) + found, gone + deleted
+
+    def _purge_abandoned(self, older_than: datetime.timedelta, limit: int) -> tuple[int, int]:
         named = self.blobs.exclude(version=None).values("version")
         stale = list(
             self.chunks.exclude(version__in=named)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import hashlib
+import json
 import os
 import pathlib
 import sqlite3
@@ -26,7 +27,6 @@ from blobstore.storage.base import (
     once,
     prefix_end,
     run_to_end,
-    validate_digest,
     validate_item,
     validate_key,
     validate_listing,
@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS blobs (
     updated REAL NOT NULL,
     sha256 TEXT NOT NULL,
     version TEXT
+    -- and the columns of _ADDED_COLUMNS, added to files made before them
 );
 CREATE TABLE IF NOT EXISTS chunks (
     version TEXT NOT NULL,
@@ -65,17 +66,34 @@ WHEN OLD.version IS NOT NULL
 BEGIN DELETE FROM chunks WHERE version = OLD.version; END;
 """
 
-_COLUMNS = "key, value, size, updated, sha256, version"
-_INSERT = f"INSERT INTO blobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"
-_UPSERT = f"""{_INSERT} ON CONFLICT (key) DO UPDATE
-SET value = excluded.value, size = excluded.size, updated = excluded.updated,
-    sha256 = excluded.sha256, version = excluded.version RETURNING 1"""
-_CREATE = f"{_INSERT} ON CONFLICT (key) DO NOTHING RETURNING 1"
-_REPLACE = f"""UPDATE blobs SET ({_COLUMNS}) = (?, ?, ?, ?, ?, ?)
-WHERE key = ? AND sha256 = ? RETURNING 1"""
-_INFO_COLUMNS = "key, size, updated, sha256"
+_ADDED_COLUMNS = {
+    "content_type": "TEXT NOT NULL DEFAULT 'application/octet-stream'",
+    "metadata": "TEXT NOT NULL DEFAULT '{}'",
+    "created": "REAL",
+    "expires": "REAL",
+}
+_INDEXES = "CREATE INDEX IF NOT EXISTS blobs_expires ON blobs (expires) WHERE expires IS NOT NULL"
+
+_LIVE = "(expires IS NULL OR expires > ?)"
+"""Whether a row is a blob that may be read, given the time now."""
+_COLUMNS = "key, value, size, updated, sha256, version, content_type, metadata, created, expires"
+_INSERT = f"INSERT INTO blobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_NEW_VERSION = """value = excluded.value, size = excluded.size, updated = excluded.updated,
+    sha256 = excluded.sha256, version = excluded.version, content_type = excluded.content_type,
+    metadata = excluded.metadata, expires = excluded.expires"""
+# A key keeps the time it was created while it holds live blobs.
+_UPSERT = f"""{_INSERT} ON CONFLICT (key) DO UPDATE SET {_NEW_VERSION},
+    created = CASE WHEN {_LIVE.replace("?", "excluded.updated")} THEN coalesce(created, updated)
+                   ELSE excluded.created END
+RETURNING created"""
+_CREATE = f"""{_INSERT} ON CONFLICT (key) DO UPDATE SET {_NEW_VERSION}, created = excluded.created
+WHERE NOT {_LIVE.replace("?", "excluded.updated")} RETURNING created"""
+_REPLACE = f"""UPDATE blobs SET ({_COLUMNS.replace(", created", "")}) = (?, ?, ?, ?, ?, ?, ?, ?, ?)
+WHERE key = ? AND sha256 = ? AND {_LIVE} RETURNING coalesce(created, updated)"""
+_INFO_COLUMNS = "key, size, updated, sha256, content_type, metadata, created, expires"
 _CHUNKS = "SELECT data FROM chunks WHERE version = ? AND idx BETWEEN ? AND ? ORDER BY idx"
 _UNNAMED = "version NOT IN (SELECT version FROM blobs WHERE version IS NOT NULL)"
+_EXPIRED = "DELETE FROM blobs WHERE key IN (SELECT key FROM blobs WHERE expires <= ? LIMIT ?)"
 _ABANDONED = f"""SELECT version FROM chunks WHERE {_UNNAMED}
 GROUP BY version HAVING max(created) < ? LIMIT ?"""
 
@@ -143,6 +161,7 @@ class SQLiteStorage(ChunkedStorage):
         while True:
             try:
                 await db.executescript(_SCHEMA.format(synchronous=self.synchronous))
+                await self._add_columns(db)
                 return
             except sqlite3.OperationalError as error:
                 busy = error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY
@@ -151,10 +170,21 @@ class SQLiteStorage(ChunkedStorage):
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.1)
 
+    async def _add_columns(self, db: aiosqlite.Connection) -> None:
+        """Add the columns that a file made by an earlier blobstore lacks."""
+        columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(blobs)")}
+        missing = [name for name in _ADDED_COLUMNS if name not in columns]
+        statements = [f"ALTER TABLE blobs ADD COLUMN {n} {_ADDED_COLUMNS[n]};" for n in missing]
+        await db.executescript(
+            f"BEGIN IMMEDIATE; {' '.join(statements)} {_INDEXES}; COMMIT;" if missing else _INDEXES
+        )
+
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """Return the blob for key, or default when there is none."""
         validate_key(key)
-        rows = await self._fetchall("SELECT value, version FROM blobs WHERE key = ?", (key,))
+        rows = await self._fetchall(
+            f"SELECT value, version FROM blobs WHERE key = ? AND {_LIVE}", (key, time.time())
+        )
         if not rows:
             return default
         value, version = rows[0]
@@ -175,7 +205,9 @@ class SQLiteStorage(ChunkedStorage):
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
         validate_key(key)
-        rows = await self._fetchall("SELECT 1 FROM blobs WHERE key = ?", (key,))
+        rows = await self._fetchall(
+            f"SELECT 1 FROM blobs WHERE key = ? AND {_LIVE}", (key, time.time())
+        )
         return bool(rows)
 
     async def evict(self, key: str) -> None:
@@ -194,8 +226,8 @@ class SQLiteStorage(ChunkedStorage):
     ) -> list[BlobInfo]:
         """Return up to limit records whose keys start with prefix and sort after `after`."""
         validate_listing(prefix, after, limit)
-        sql = f"SELECT {_INFO_COLUMNS} FROM blobs WHERE key >= ? AND key > ?"
-        params: list[object] = [prefix, after]
+        sql = f"SELECT {_INFO_COLUMNS} FROM blobs WHERE key >= ? AND key > ? AND {_LIVE}"
+        params: list[object] = [prefix, after, time.time()]
         end = prefix_end(prefix)
         if end is not None:
             sql += " AND key < ?"
@@ -206,29 +238,16 @@ class SQLiteStorage(ChunkedStorage):
     async def stat(self, key: str) -> BlobInfo | None:
         """Return the record of the blob stored under key, or None."""
         validate_key(key)
-        rows = await self._fetchall(f"SELECT {_INFO_COLUMNS} FROM blobs WHERE key = ?", (key,))
+        rows = await self._fetchall(
+            f"SELECT {_INFO_COLUMNS} FROM blobs WHERE key = ? AND {_LIVE}", (key, time.time())
+        )
         return _info(*rows[0]) if rows else None
 
-    async def fetch(self, key: str) -> tuple[BlobInfo, bytes] | None:
-        """Return the record and the bytes of the blob stored under key, or None."""
-        stream = await self.stream(key)
-        if stream is None:
-            return None
-        async with stream:
-            return stream.info, await stream.read()
-
-    async def create(self, key: str, blob: BytesLike) -> bool:
-        """Store blob under key unless a blob is there; return whether it was stored."""
-        data = validate_item(key, blob, self.max_object_size)
-        return await self.write(key, once(data), if_absent=True) is not None
-
-    async def replace(self, key: str, blob: BytesLike, *, sha256: str) -> bool:
-        """Replace the blob under key if its digest is sha256; return whether it was replaced."""
-        data = validate_item(key, blob, self.max_object_size)
-        validate_digest(sha256)
-        return await self.write(key, once(data), if_sha256=sha256) is not None
-
     async def _purge_batch(self, older_than: datetime.timedelta, limit: int) -> tuple[int, int]:
+        db = await self.db()
+        cursor = await db.execute(_EXPIRED, (time.time(), limit))
+        await cursor.close()
+        expired = cursor.rowcount
         versions = [
             version
             for (version,) in await self._fetchall(
@@ -236,19 +255,19 @@ class SQLiteStorage(ChunkedStorage):
             )
         ]
         if not versions:
-            return 0, 0
-        db = await self.db()
+            return expired, expired
         marks = ", ".join("?" * len(versions))
         # Checked again in the statement that deletes: a commit may have named one since.
         cursor = await db.execute(
             f"DELETE FROM chunks WHERE version IN ({marks}) AND {_UNNAMED}", versions
         )
         await cursor.close()
-        return len(versions), cursor.rowcount
+        return expired + len(versions), expired + cursor.rowcount
 
     async def _read_head(self, key: str) -> tuple[BlobInfo, bytes, uuid.UUID | None] | None:
         rows = await self._fetchall(
-            f"SELECT {_INFO_COLUMNS}, value, version FROM blobs WHERE key = ?", (key,)
+            f"SELECT {_INFO_COLUMNS}, value, version FROM blobs WHERE key = ? AND {_LIVE}",
+            (key, time.time()),
         )
         if not rows:
             return None
@@ -268,20 +287,29 @@ class SQLiteStorage(ChunkedStorage):
     async def _open_sink(self) -> ChunkSink:
         return _ChunkSink(await self.db())
 
-    async def _commit(self, row: Version, *, if_absent: bool, if_sha256: str | None) -> bool:
+    async def _commit(
+        self, row: Version, *, if_absent: bool, if_sha256: str | None
+    ) -> datetime.datetime | None:
+        attributes = row.attributes
+        updated = row.updated.timestamp()
         values = (
             row.key,
             row.head,
             row.size,
-            row.updated.timestamp(),
+            updated,
             row.sha256,
             None if row.version is None else row.version.hex,
+            attributes.content_type,
+            json.dumps(attributes.metadata),
         )
-        if if_absent:
-            return bool(await self._fetchall(_CREATE, values))
+        expires = None if attributes.expires is None else attributes.expires.timestamp()
         if if_sha256 is not None:
-            return bool(await self._fetchall(_REPLACE, (*values, row.key, if_sha256)))
-        return bool(await self._fetchall(_UPSERT, values))
+            replace = (*values, expires, row.key, if_sha256, updated)
+            rows = await self._fetchall(_REPLACE, replace)
+        else:
+            insert = (*values, updated, expires)
+            rows = await self._fetchall(_CREATE if if_absent else _UPSERT, insert)
+        return _time(rows[0][0]) if rows else None
 
     async def _discard(self, version: uuid.UUID) -> None:
         await self._fetchall("DELETE FROM chunks WHERE version = ?", (version.hex,))
@@ -353,5 +381,27 @@ class _ChunkSink:
         """Nothing to release: the storage's connection stays open."""
 
 
-def _info(key: str, size: int, updated: float, sha256: str) -> BlobInfo:
-    return BlobInfo(key, size, datetime.datetime.fromtimestamp(updated, datetime.UTC), sha256)
+def _info(
+    key: str,
+    size: int,
+    updated: float,
+    sha256: str,
+    content_type: str,
+    metadata: str,
+    created: float | None,
+    expires: float | None,
+) -> BlobInfo:
+    return BlobInfo(
+        key,
+        size,
+        _time(updated),
+        sha256,
+        content_type,
+        json.loads(metadata),
+        _time(updated if created is None else created),
+        None if expires is None else _time(expires),
+    )
+
+
+def _time(timestamp: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
