@@ -85,8 +85,9 @@ class Run:
     returncode: int
     stderr: str
     outcome: str
-    """"old", "new", or what else `blobstore get` found."""
+    """"a" or "b", the blob found whole afterwards, or what else `blobstore get` found."""
     orphans: int
+    """How many chunk rows that no blob names the run left behind."""
 
 
 # The mixin is a test case to the type checker, a plain class to unittest.
@@ -224,15 +225,16 @@ class InterruptedPutMixin(TestCaseMixin):
         for number in range(self.runs):
             delay = startup / 2 + (number + rng.random()) * (duration - startup / 2) / self.runs
             new = "a" if current == "b" else "b"
+            orphans = self.orphans()
             done = self.interrupted_put(new, delay)
             outcome = self.stored()
-            run = Run(delay, done.returncode, done.stderr, outcome, self.orphans())
+            run = Run(delay, done.returncode, done.stderr, outcome, self.orphans() - orphans)
             runs.append(run)
             problems = self.problems_of(run, current, new)
             if problems:
                 failures.append(
                     f"run {number} (SIGINT at {delay:.2f} s of {duration:.2f} s, status "
-                    f"{run.returncode}): {'; '.join(problems)}\n    stderr: {run.stderr[-1500:]}"
+                    f"{run.returncode}): {'; '.join(problems)}\n    stderr: {run.stderr[:2500]}"
                 )
             if outcome in ("a", "b"):
                 current = outcome
@@ -245,7 +247,7 @@ class InterruptedPutMixin(TestCaseMixin):
             f"no run was interrupted by the command's own handler:\n{summary}",
         )
         self.assertEqual(failures, [], f"\n{summary}\n" + "\n".join(failures))
-        # What Ctrl-C left behind goes with purge; the stored blob stays whole.
+        # What Ctrl-C left behind (see the summary) goes with purge; the stored blob stays whole.
         purged = self.blobstore("purge", "--older-than", "0")
         self.assertEqual(purged.returncode, 0, purged.stderr)
         self.assertEqual(self.orphans(), 0)
@@ -260,8 +262,8 @@ class InterruptedPutMixin(TestCaseMixin):
             f"{type(self).__name__}: {len(runs)} runs of a {duration:.2f} s put in "
             f"{elapsed:.1f} s; exit statuses {dict(sorted(statuses.items()))}; "
             f"neither blob whole after {outcomes.count('neither')}; runs that left orphan chunk "
-            f"rows: {sum(1 for run in runs if run.orphans)} (at most "
-            f"{max((run.orphans for run in runs), default=0)} rows)"
+            f"rows: {sum(1 for run in runs if run.orphans)} ({sum(run.orphans for run in runs)} "
+            "rows in all)"
         )
 
 
