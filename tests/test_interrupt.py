@@ -4,7 +4,8 @@ Each test replaces a large blob again and again with ``blobstore put`` run as a
 program, and sends it SIGINT at a moment spread over the whole run: from the
 second half of Python's and Django's start-up to the end (chunks, commit,
 clean-up), a seeded random moment within each slice of that time, measured
-first. After every run the process must have ended cleanly
+first; every other run sends a second SIGINT 30 ms after the first. After
+every run the process must have ended cleanly
 (no crash, no traceback), and ``blobstore get`` must give the old blob or the
 new one, byte for byte. Every run is checked and the problems are reported
 together, so one failure shows how often it happens. Uploads cut off may leave
@@ -42,6 +43,8 @@ SEED = 8
 CRASHES = {-signal.SIGSEGV, -signal.SIGABRT, -signal.SIGBUS, -signal.SIGILL, -signal.SIGFPE}
 INTERRUPTED = 130
 """The command's exit status when Ctrl-C stopped it."""
+AGAIN = 0.03
+"""Seconds between the two SIGINTs of every other run."""
 
 # Orphan chunk rows: rows of a version that no blob names.
 ORM_ORPHANS = """SELECT count(*) FROM blobstore_blobchunk WHERE version NOT IN
@@ -172,8 +175,14 @@ class InterruptedPutMixin(TestCaseMixin):
         names = [name for name, known in self.digests.items() if known == digest]
         return names[0] if names else f"other bytes ({len(got.stdout):,} bytes, SHA-256 {digest})"
 
-    def interrupted_put(self, name: str, delay: float) -> subprocess.CompletedProcess[str]:
-        """Start putting the file name under KEY, send SIGINT after delay seconds, wait."""
+    def interrupted_put(
+        self, name: str, delay: float, *, again: bool
+    ) -> subprocess.CompletedProcess[str]:
+        """Start putting the file name under KEY, send SIGINT after delay seconds, wait.
+
+        With again, a second SIGINT follows the first, as an impatient user's
+        would, while the first one's clean-up runs.
+        """
         process = subprocess.Popen(
             self.command("put", KEY, str(self.files[name])),
             cwd=ROOT,
@@ -183,10 +192,11 @@ class InterruptedPutMixin(TestCaseMixin):
             text=True,
             preexec_fn=_default_sigint,
         )
-        try:
-            process.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            process.send_signal(signal.SIGINT)
+        for timeout in (delay, AGAIN) if again else (delay,):
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=120)
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
@@ -226,7 +236,7 @@ class InterruptedPutMixin(TestCaseMixin):
             delay = startup / 2 + (number + rng.random()) * (duration - startup / 2) / self.runs
             new = "a" if current == "b" else "b"
             orphans = self.orphans()
-            done = self.interrupted_put(new, delay)
+            done = self.interrupted_put(new, delay, again=number % 2 == 1)
             outcome = self.stored()
             run = Run(delay, done.returncode, done.stderr, outcome, self.orphans() - orphans)
             runs.append(run)

@@ -18,6 +18,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import stat
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
@@ -284,7 +285,8 @@ class Command(BaseCommand):
             if self.standalone:
                 # In the main thread, so that Ctrl-C cancels the transfer
                 # (an upload cut off stores nothing).
-                asyncio.run(closing())
+                if asyncio.run(_interruptible(closing())):
+                    raise KeyboardInterrupt
             else:
                 # On the caller's thread and database connections.
                 async_to_sync(closing)()
@@ -633,6 +635,40 @@ class Command(BaseCommand):
         """Return a progress bar on standard error (drawn only on a terminal)."""
         stream = cast(TextIO, getattr(self.stderr, "_out", self.stderr))
         return Progress(stream, total, label, delay=self.progress_delay)
+
+
+async def _interruptible(work: Coroutine[Any, Any, None]) -> bool:
+    """Await work, which the first Ctrl-C cancels; return whether Ctrl-C did.
+
+    asyncio.run's own handler raises KeyboardInterrupt wherever the second
+    Ctrl-C finds the program, which could be in the middle of the clean-up of
+    the first; here the clean-up always runs to its end.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    interrupted = False
+
+    def interrupt() -> None:
+        nonlocal interrupted
+        if not interrupted:
+            interrupted = True
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+    except NotImplementedError:  # no signal handlers in this event loop: asyncio.run's own
+        await work
+        return False
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        return True
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+    return False
 
 
 async def _every_blob(store: ListingStorage, prefix: str) -> AsyncIterator[BlobInfo]:
