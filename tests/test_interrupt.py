@@ -301,7 +301,7 @@ class ORMStorageOnSQLiteTests(InterruptedPutMixin, SimpleTestCase):
 class SQLiteStorageTests(InterruptedPutMixin, SimpleTestCase):
     """SQLiteStorage (aiosqlite, raw SQL) on a file of its own."""
 
-    runs = 10
+    runs = 8
     storage = "file"
 
     @classmethod
