@@ -526,6 +526,21 @@ class ORMVerifyTests(ORMDamageMixin, CommandTestCase):
         self.assertIn("'bad\\nkey': cannot be opened: ", out)
         self.assertTrue(out.endswith(": 1 damaged.\n"), out)
 
+    def test_get_and_cp_name_a_damaged_blob(self) -> None:
+        self.delete_chunk("big", 2)
+        message = "The blob 'big' of the storage 'default' cannot be read: A chunk of the blob is"
+        with self.assertRaisesMessage(CommandError, message):
+            get_bytes("big")
+        with self.assertRaisesMessage(CommandError, message):
+            blobstore("cp", "--from", "default", "--to", "other")
+        self.assertEqual(records("other"), [])
+        for index in range(1, CHUNKS + 1):
+            self.chunk_rows("z/big", index).delete()
+        with self.assertRaisesMessage(CommandError, "The blob 'z/big' of the storage 'default' "):
+            get_bytes("z/big")
+        with self.assertRaisesMessage(CommandError, "The blob 'z/big' of the storage 'default' "):
+            blobstore("cp", "--from", "default", "--to", "other", "--prefix", "z/")
+
     def test_a_terminal_gets_a_progress_bar(self) -> None:
         terminal = Terminal()
         with mock.patch.object(Command, "progress_delay", 0.0):

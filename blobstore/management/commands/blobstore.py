@@ -21,7 +21,7 @@ import secrets
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, cast
 
@@ -343,10 +343,7 @@ class Command(BaseCommand):
     async def open_stream(self, store: StreamingStorage, alias: str, key: str) -> BlobStream:
         """Open the blob under key, or raise CommandError."""
         # Iterate the stream at once: the storage holds a connection for it.
-        try:
-            stream = await store.stream(key)
-        except RuntimeError as error:
-            raise _damaged(alias, key, error) from None
+        stream = await _open(store, alias, key)
         if stream is None:
             raise CommandError(f"No blob is stored under {key!r} in the storage {alias!r}.")
         return stream
@@ -455,13 +452,13 @@ class Command(BaseCommand):
         copied = copied_bytes = 0
         with self.progress(total, f"cp 0/{count}") as progress:
             async for info in _every_blob(source, prefix):
-                stream = await source.stream(info.key)
+                stream = await _open(source, names[0], info.key)
                 if stream is None:
                     continue  # evicted since it was listed
                 progress.label = f"cp {copied + 1}/{count}"
                 async with stream:
                     try:
-                        written = await target.write(info.key, _counted(stream, progress))
+                        written = await target.write(info.key, _counted(stream, names[0], progress))
                     except ObjectSizeExceededError as error:
                         raise CommandError(
                             f"The blob {info.key!r} grew over the limit of the storage "
@@ -732,10 +729,22 @@ async def _read_chunks(source: BinaryIO, progress: Progress) -> AsyncIterator[by
         yield chunk
 
 
-async def _counted(chunks: AsyncIterable[bytes], progress: Progress) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        progress.advance(len(chunk))
-        yield chunk
+async def _open(store: StreamingStorage, alias: str, key: str) -> BlobStream | None:
+    """Open the blob under key as a stream, or return None; raise CommandError if it is damaged."""
+    try:
+        return await store.stream(key)
+    except RuntimeError as error:
+        raise _damaged(alias, key, error) from None
+
+
+async def _counted(stream: BlobStream, alias: str, progress: Progress) -> AsyncIterator[bytes]:
+    """Yield the chunks of stream, counted by progress; raise CommandError if it is damaged."""
+    try:
+        async for chunk in stream:
+            progress.advance(len(chunk))
+            yield chunk
+    except RuntimeError as error:
+        raise _damaged(alias, stream.info.key, error) from None
 
 
 def _create(path: Path) -> BinaryIO:
