@@ -1,12 +1,12 @@
 """Ctrl-C at any moment of ``manage.py blobstore put`` leaves the old blob or the new one, whole.
 
 Each test replaces a large blob again and again with ``blobstore put`` run as a
-program, and sends it SIGINT at a moment spread over the whole run: from the
-second half of Python's and Django's start-up to the end (chunks, commit,
-clean-up), a seeded random moment within each slice of that time, measured
-first; every other run sends a second SIGINT 30 ms after the first, which
-stops the command at once, as a kill would. After every run the process must
-have ended cleanly
+program, and sends it SIGINT at a moment spread over the command's work: from
+the end of Python's and Django's start-up (until then Ctrl-C is theirs) to the
+end of the run (chunks, commit, clean-up), a seeded random moment within each
+slice of that time, measured first. Every other run sends a second SIGINT
+30 ms after the first, which stops the command at once, as a kill would. After
+every run the process must have ended cleanly
 (no crash, no traceback), and ``blobstore get`` must give the old blob or the
 new one, byte for byte. Every run is checked and the problems are reported
 together, so one failure shows how often it happens. Uploads cut off may leave
@@ -229,7 +229,7 @@ class InterruptedPutMixin(TestCaseMixin):
 
     def test_sigint_at_any_moment_leaves_one_blob_whole(self) -> None:
         started = time.monotonic()
-        # Until the command runs, Ctrl-C is Python's and Django's business.
+        # Start-up: as long as Python and Django take to get to the command.
         startup = self.timed("put", "--help")
         self.put("a")
         # Replaces, as every run below is; the quicker one, which fewer runs outlast.
@@ -239,7 +239,7 @@ class InterruptedPutMixin(TestCaseMixin):
         runs: list[Run] = []
         failures: list[str] = []
         for number in range(self.runs):
-            delay = startup / 2 + (number + rng.random()) * (duration - startup / 2) / self.runs
+            delay = startup + (number + rng.random()) * (duration - startup) / self.runs
             new = "a" if current == "b" else "b"
             orphans = self.orphans()
             done = self.interrupted_put(new, delay, again=number % 2 == 1)
