@@ -119,6 +119,7 @@ class InterruptedPutMixin(TestCaseMixin):
     def setUpClass(cls) -> None:
         super().setUpClass()
         cls.directory = tempfile.TemporaryDirectory()
+        cls.addClassCleanup(cls.directory.cleanup)
         # Two blobs of one size, so that every run replaces one with the other.
         cls.files, cls.digests = {}, {}
         for name in ("a", "b"):
@@ -126,11 +127,6 @@ class InterruptedPutMixin(TestCaseMixin):
             cls.files[name] = Path(cls.directory.name, f"{name}.bin")
             cls.files[name].write_bytes(data)
             cls.digests[name] = hashlib.sha256(data).hexdigest()
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.directory.cleanup()
-        super().tearDownClass()
 
     @classmethod
     def environment(cls) -> dict[str, str]:
@@ -343,18 +339,14 @@ class ORMStorageOnPostgreSQLTests(InterruptedPutMixin, SimpleTestCase):
             dbname="postgres",
             autocommit=True,
         )
+        cls.addClassCleanup(cls.admin.close)
         cls.admin.execute(f'CREATE DATABASE "{cls.name}"')
+        cls.addClassCleanup(cls.admin.execute, f'DROP DATABASE "{cls.name}" WITH (FORCE)')
         credentials = server["USER"] + (f":{server['PASSWORD']}" if server["PASSWORD"] else "")
         cls.database_url = (
             f"postgres://{credentials}@{server['HOST']}:{server['PORT'] or 5432}/{cls.name}"
         )
         migrate(cls.environment())
-
-    @classmethod
-    def tearDownClass(cls) -> None:
-        cls.admin.execute(f'DROP DATABASE "{cls.name}" WITH (FORCE)')
-        cls.admin.close()
-        super().tearDownClass()
 
     @classmethod
     def environment(cls) -> dict[str, str]:
