@@ -4,7 +4,9 @@
 ``rm``, ``cp`` and ``stats`` work on the storages of ``BLOBSTORE_STORAGES``;
 ``verify`` and ``purge`` look after them.
 Blobs move in chunks of 1 MiB, never whole, and a transfer that takes a while
-shows a progress bar on standard error when that is a terminal.
+shows a progress bar on standard error when that is a terminal. Ctrl-C cancels
+the work, lets it clean up and exits with status 130 and one line; a second
+Ctrl-C during that clean-up ends the process at once.
 """
 
 from __future__ import annotations
