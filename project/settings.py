@@ -102,3 +102,36 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 
 LOGIN_URL = "admin:login"
+
+# Server errors (500s, with their tracebacks) and what blobstore reports go to
+# standard error, where the ASGI server's own log goes, also with DEBUG off,
+# when Django's defaults log nothing without ADMINS to mail. With DEBUG on,
+# Django's console handler shows requests' errors and warnings already: the
+# filter keeps them from being written twice. A 4xx is the client's matter.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"require_debug_false": {"()": "django.utils.log.RequireDebugFalse"}},
+    "formatters": {
+        "server": {"format": "{asctime} {levelname} {name}: {message}", "style": "{"},
+    },
+    "handlers": {
+        "stderr": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "server",
+        },
+        "server_errors": {
+            "class": "logging.StreamHandler",
+            "stream": "ext://sys.stderr",
+            "formatter": "server",
+            "level": "ERROR",
+            "filters": ["require_debug_false"],
+        },
+    },
+    "loggers": {
+        # Propagates to "django" too: its console (DEBUG on) and mail_admins (ADMINS set).
+        "django.request": {"handlers": ["server_errors"]},
+        "blobstore": {"handlers": ["stderr"], "level": "INFO"},
+    },
+}

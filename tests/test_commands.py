@@ -1,28 +1,33 @@
-"""``manage.py blobstore put/get/ls/rm/cp/stats``: in-process, and as programs in pipes."""
+"""``manage.py blobstore put/get/ls/rm/cp/stats/verify/purge``: in-process, and as programs."""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import io
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 from asgiref.sync import async_to_sync
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connections
+from django.db.models import QuerySet
 from django.test import SimpleTestCase, TransactionTestCase, override_settings
+from django.utils import timezone
 
 from blobstore.management.commands import blobstore as command_module
 from blobstore.management.commands.blobstore import Command
 from blobstore.management.progress import MIB, Progress
-from blobstore.models import BlobChunk
+from blobstore.models import Blob, BlobChunk
 from blobstore.storage import ListingStorage, storages
 from blobstore.storage.chunked import CHUNK_SIZE
 
@@ -36,6 +41,16 @@ DATA = os.urandom(5 * MIB + 123)
 DIGEST = hashlib.sha256(DATA).hexdigest()
 LIMIT = 64 * 1024
 """The max_object_size of the "small" storage."""
+CHUNKS = len(DATA) // CHUNK_SIZE
+"""How many chunk rows DATA takes after its head: numbered 1 to CHUNKS, the last one short."""
+LONG_AGO = datetime.timedelta(hours=2)
+"""Older than the default --older-than of purge (an hour)."""
+
+# The mixins are test cases to the type checker, plain classes to unittest.
+if TYPE_CHECKING:
+    TestCaseMixin = TransactionTestCase
+else:
+    TestCaseMixin = object
 
 
 class Terminal(io.StringIO):
@@ -60,6 +75,16 @@ def get_bytes(key: str, *options: str) -> bytes:
     buffer = stdout.buffer
     assert isinstance(buffer, io.BytesIO)
     return buffer.getvalue()
+
+
+def verify(*arguments: str) -> tuple[int, str]:
+    """Run `blobstore verify ...` in this process; return its exit status and standard output."""
+    stdout = io.StringIO()
+    try:
+        call_command("blobstore", "verify", *arguments, stdout=stdout, stderr=io.StringIO())
+    except CommandError as error:
+        return error.returncode, stdout.getvalue()
+    return 0, stdout.getvalue()
 
 
 def records(alias: str) -> list[tuple[str, int, str]]:
@@ -400,6 +425,244 @@ class StatsTests(CommandTestCase):
                          "  largest     -\n")  # fmt: skip
 
 
+class DamageMixin(TestCaseMixin):
+    """Three blobs on one storage alias, and the ways a backend's rows can be damaged."""
+
+    alias: str
+
+    def setUp(self) -> None:
+        super().setUp()
+        for key, data in (("big", DATA), ("small", b"small"), ("z/big", DATA[::-1])):
+            blobstore("put", key, "-", "--storage", self.alias, stdin=io.BytesIO(data))
+
+    def delete_chunk(self, key: str, index: int) -> None:
+        """Delete chunk row number index of the blob under key."""
+        raise NotImplementedError
+
+    def change_chunk(self, key: str, index: int) -> None:
+        """Change one byte of chunk row number index of the blob under key."""
+        raise NotImplementedError
+
+    def record_size(self, key: str, size: int) -> None:
+        """Record size as the size of the blob under key."""
+        raise NotImplementedError
+
+    def assert_damaged(self, problems: dict[str, str]) -> None:
+        """Assert that verify fails, naming exactly the keys of problems, each with its problem."""
+        status, out = verify("--storage", self.alias)
+        self.assertEqual(status, 1, out)
+        *lines, summary = out.splitlines()
+        self.assertEqual(len(lines), len(problems), out)
+        for line, (key, problem) in zip(lines, sorted(problems.items()), strict=True):
+            self.assertTrue(line.startswith(f"{key!r}: "), out)
+            self.assertIn(problem, line)
+        self.assertRegex(summary, rf"^Verified 3 blobs \(.* bytes\) in the storage "
+                         rf"'{self.alias}': {len(problems)} damaged\.$")  # fmt: skip
+
+    def test_a_whole_store_passes(self) -> None:
+        status, out = verify("--storage", self.alias)
+        self.assertEqual(status, 0, out)
+        self.assertEqual(
+            out,
+            f"Verified 3 blobs ({2 * len(DATA) + 5:,} bytes) in the storage {self.alias!r}: "
+            "0 damaged.\n",
+        )
+
+    def test_missing_chunks(self) -> None:
+        self.delete_chunk("big", 2)  # in the middle
+        self.delete_chunk("z/big", 1)  # the first
+        self.assert_damaged({"big": "A chunk of the blob is missing.", "z/big": "missing"})
+
+    def test_a_blob_whose_chunks_are_all_gone(self) -> None:
+        # What a replace that was cancelled at the wrong moment left (issue 8).
+        for index in range(1, CHUNKS + 1):
+            self.delete_chunk("big", index)
+        self.assert_damaged({"big": "cannot be opened: "})
+
+    def test_a_missing_last_chunk(self) -> None:
+        self.delete_chunk("z/big", CHUNKS)
+        self.assert_damaged({"z/big": "A chunk of the blob is missing."})
+
+    def test_a_changed_byte(self) -> None:
+        self.change_chunk("big", 3)
+        self.assert_damaged({"big": "wrong SHA-256"})
+
+    def test_a_wrong_size(self) -> None:
+        self.record_size("small", 6)
+        self.assert_damaged({"small": "wrong size: 5 bytes read, 6 recorded"})
+
+
+class ORMDamageMixin(DamageMixin):
+    using: str
+
+    def chunk_rows(self, key: str, index: int) -> QuerySet[BlobChunk]:
+        version = Blob.objects.using(self.using).get(key=key).version
+        assert version is not None  # a blob of more than one chunk
+        return BlobChunk.objects.using(self.using).filter(version=version, index=index)
+
+    def delete_chunk(self, key: str, index: int) -> None:
+        self.assertEqual(self.chunk_rows(key, index).delete()[0], 1)
+
+    def change_chunk(self, key: str, index: int) -> None:
+        row = self.chunk_rows(key, index).get()
+        data = bytearray(row.data)
+        data[100] ^= 1
+        self.assertEqual(self.chunk_rows(key, index).update(data=bytes(data)), 1)
+
+    def record_size(self, key: str, size: int) -> None:
+        Blob.objects.using(self.using).filter(key=key).update(size=size)
+
+
+class ORMVerifyTests(ORMDamageMixin, CommandTestCase):
+    alias = "default"
+    using = "default"
+
+    def test_a_key_no_route_can_reach(self) -> None:
+        # Stored before the key rule forbade control characters.
+        Blob.objects.create(key="bad\nkey", data=b"x", size=1, sha256=DIGEST,
+                            created=timezone.now(), updated=timezone.now())  # fmt: skip
+        status, out = verify()
+        self.assertEqual(status, 1)
+        self.assertIn("'bad\\nkey': cannot be opened: ", out)
+        self.assertTrue(out.endswith(": 1 damaged.\n"), out)
+
+    def test_get_and_cp_name_a_damaged_blob(self) -> None:
+        self.delete_chunk("big", 2)
+        message = "The blob 'big' of the storage 'default' cannot be read: A chunk of the blob is"
+        with self.assertRaisesMessage(CommandError, message):
+            get_bytes("big")
+        with self.assertRaisesMessage(CommandError, message):
+            blobstore("cp", "--from", "default", "--to", "other")
+        self.assertEqual(records("other"), [])
+        for index in range(1, CHUNKS + 1):
+            self.chunk_rows("z/big", index).delete()
+        with self.assertRaisesMessage(CommandError, "The blob 'z/big' of the storage 'default' "):
+            get_bytes("z/big")
+        with self.assertRaisesMessage(CommandError, "The blob 'z/big' of the storage 'default' "):
+            blobstore("cp", "--from", "default", "--to", "other", "--prefix", "z/")
+
+    def test_a_terminal_gets_a_progress_bar(self) -> None:
+        terminal = Terminal()
+        with mock.patch.object(Command, "progress_delay", 0.0):
+            call_command("blobstore", "verify", stdout=io.StringIO(), stderr=terminal)
+        self.assertIn("verify default  [", terminal.getvalue())
+        self.assertIn("100%  10.0/10.0 MiB", terminal.getvalue())
+
+    def test_other_backends_pass(self) -> None:
+        blobstore("cp", "--from", "default", "--to", "other")
+        status, out = verify("--storage", "other")
+        self.assertEqual(status, 0)
+        self.assertTrue(out.startswith("Verified 3 blobs "), out)
+        quiet = io.StringIO()
+        call_command("blobstore", "-v", "0", "verify", stdout=quiet)
+        self.assertEqual(quiet.getvalue(), "")
+
+
+class SQLiteStorageVerifyTests(DamageMixin, CommandTestCase):
+    alias = "file"
+
+    def execute(self, sql: str, *parameters: object) -> int:
+        with sqlite3.connect(self.directory / "blobs.sqlite3") as db:
+            return db.execute(sql, parameters).rowcount
+
+    def chunk(self, key: str, index: int) -> bytes:
+        with sqlite3.connect(self.directory / "blobs.sqlite3") as db:
+            (data,) = db.execute(
+                f"SELECT data FROM chunks WHERE {self.CHUNK}", (index, key)
+            ).fetchone()
+        return bytes(data)
+
+    CHUNK = "idx = ? AND version = (SELECT version FROM blobs WHERE key = ?)"
+
+    def delete_chunk(self, key: str, index: int) -> None:
+        self.assertEqual(self.execute(f"DELETE FROM chunks WHERE {self.CHUNK}", index, key), 1)
+
+    def change_chunk(self, key: str, index: int) -> None:
+        data = bytearray(self.chunk(key, index))
+        data[100] ^= 1
+        changed = self.execute(f"UPDATE chunks SET data = ? WHERE {self.CHUNK}", data, index, key)
+        self.assertEqual(changed, 1)
+
+    def record_size(self, key: str, size: int) -> None:
+        self.assertEqual(self.execute("UPDATE blobs SET size = ? WHERE key = ?", size, key), 1)
+
+
+class PurgeTests(CommandTestCase):
+    def test_purge_deletes_abandoned_uploads_only(self) -> None:
+        blobstore("put", "big", str(self.source))
+        long_ago = timezone.now() - LONG_AGO
+        BlobChunk.objects.update(created=long_ago)  # a live blob's chunks, however old, stay
+        abandoned, in_progress = uuid.uuid4(), uuid.uuid4()
+        for index in (1, 2, 3):
+            BlobChunk.objects.create(version=abandoned, index=index, data=b"x", created=long_ago)
+        for index in (1, 2):
+            BlobChunk.objects.create(version=in_progress, index=index, data=b"y")
+        out, _ = blobstore("purge")
+        self.assertEqual(out, "Deleted 3 chunk rows of abandoned uploads from the storage "
+                         "'default'.\n")  # fmt: skip
+        self.assertFalse(BlobChunk.objects.filter(version=abandoned).exists())
+        self.assertEqual(BlobChunk.objects.filter(version=in_progress).count(), 2)
+        out, _ = blobstore("purge", "--older-than", "3600")
+        self.assertIn("Deleted 0 chunk rows", out)
+        out, _ = blobstore("purge", "--older-than", "0")
+        self.assertIn("Deleted 2 chunk rows", out)
+        self.assertEqual(BlobChunk.objects.count(), CHUNKS)
+        self.assertEqual(get_bytes("big"), DATA)
+        self.assertEqual(verify()[0], 0)
+
+    def test_purge_of_a_sqlite_file(self) -> None:
+        blobstore("put", "big", str(self.source), "--storage", "file")
+        with sqlite3.connect(self.directory / "blobs.sqlite3") as db:
+            db.execute("UPDATE chunks SET created = created - 7200")
+            db.executemany(
+                "INSERT INTO chunks (version, idx, created, data) VALUES (?, ?, ?, x'00')",
+                [(uuid.uuid4().hex, index, 0.0) for index in (1, 2)],
+            )
+        out, _ = blobstore("purge", "--storage", "file")
+        self.assertEqual(out, "Deleted 2 chunk rows of abandoned uploads from the storage "
+                         "'file'.\n")  # fmt: skip
+        self.assertEqual(get_bytes("big", "--storage", "file"), DATA)
+        self.assertEqual(verify("--storage", "file")[0], 0)
+
+    def test_a_storage_without_chunks(self) -> None:
+        out, _ = blobstore("purge", "--storage", "other")
+        self.assertEqual(out, "The storage 'other' (DictStorage) keeps no chunk rows: nothing to "
+                         "purge.\n")  # fmt: skip
+
+    def test_bad_ages(self) -> None:
+        for age in ("-1", "nan", "inf", "1e99", "soon", "9" * 5000, ""):
+            with self.subTest(age=age[:10]):
+                self.assert_refused("argument --older-than: ", "purge", f"--older-than={age}")
+        self.assert_refused("No storage is called 'nope'", "purge", "--storage", "nope")
+
+
+@override_settings(
+    BLOBSTORE_STORAGES={
+        "default": {"BACKEND": ORM},
+        "pg": {"BACKEND": ORM, "OPTIONS": {"using": "postgres", "max_object_size": None}},
+    }
+)
+class PostgreSQLVerifyTests(ORMDamageMixin, TransactionTestCase):
+    """verify and purge of ORMStorage on PostgreSQL."""
+
+    databases = {"default", "postgres"}
+    alias = "pg"
+    using = "postgres"
+
+    def test_purge(self) -> None:
+        long_ago = timezone.now() - LONG_AGO
+        BlobChunk.objects.using("postgres").update(created=long_ago)
+        abandoned = uuid.uuid4()
+        BlobChunk.objects.using("postgres").bulk_create(
+            BlobChunk(version=abandoned, index=index, data=b"x", created=long_ago)
+            for index in range(1, 4)
+        )
+        out, _ = blobstore("purge", "--storage", "pg")
+        self.assertIn("Deleted 3 chunk rows", out)
+        self.assertEqual(BlobChunk.objects.using("postgres").count(), 2 * CHUNKS)
+        self.assertEqual(verify("--storage", "pg")[0], 0)
+
+
 @override_settings(
     BLOBSTORE_STORAGES={
         "default": {"BACKEND": ORM},
@@ -507,6 +770,10 @@ class ProgressHelperTests(SimpleTestCase):
         self.assertIn("100%", stream.getvalue())
 
 
+SUBCOMMANDS = ("put", "get", "ls", "rm", "cp", "stats", "verify", "purge")
+"""The subcommands that work on storages."""
+
+
 class HelpTests(SimpleTestCase):
     def test_every_subcommand_has_help(self) -> None:
         parser = Command().create_parser("manage.py", "blobstore")
@@ -515,7 +782,8 @@ class HelpTests(SimpleTestCase):
         ).choices
         assert isinstance(subparsers, dict)
         self.assertEqual(
-            set(subparsers), {"token", "proxystore-config", "put", "get", "ls", "rm", "cp", "stats"}
+            set(subparsers),
+            {"token", "proxystore-config", *SUBCOMMANDS},
         )
         for name, subparser in subparsers.items():
             with self.subTest(name):
@@ -523,7 +791,8 @@ class HelpTests(SimpleTestCase):
                 self.assertIn(f"usage: manage.py blobstore {name}", text)
         self.assertIn("--storage ALIAS", subparsers["put"].format_help())
         self.assertIn("--from ALIAS --to ALIAS", subparsers["cp"].format_help())
-        for name in ("put", "get", "ls", "rm", "cp", "stats"):
+        self.assertIn("--older-than SECONDS", subparsers["purge"].format_help())
+        for name in SUBCOMMANDS:
             self.assertIn(name, parser.format_help())
 
 
@@ -568,6 +837,24 @@ class PipeTests(SimpleTestCase):
         self.assertTrue(got.stdout == DATA, "get - wrote other bytes than put - read")
         listed = self.manage("blobstore", "ls", "--long", "--prefix", "piped/")
         self.assertEqual(listed.stdout.split()[-2:], [DIGEST.encode(), b"piped/data"])
+
+    def test_verify_exit_status(self) -> None:
+        self.manage("blobstore", "put", "verify/big", "-", data=DATA).check_returncode()
+        self.addCleanup(self.manage, "blobstore", "rm", "verify/big")
+        whole = self.manage("blobstore", "verify")
+        self.assertEqual((whole.returncode, whole.stderr), (0, b""))
+        self.assertIn(b"0 damaged.", whole.stdout)
+        with sqlite3.connect(Path(self.directory.name, "blobstore.sqlite3")) as db:
+            db.execute(
+                'DELETE FROM blobstore_blobchunk WHERE "index" = 2 AND version = '
+                "(SELECT version FROM blobstore_blob WHERE key = 'verify/big')"
+            )
+        damaged = self.manage("blobstore", "verify")
+        self.assertEqual(damaged.returncode, 1)
+        self.assertIn(b"'verify/big': cannot be read to the end", damaged.stdout)
+        self.assertEqual(
+            damaged.stderr, b"CommandError: 1 blob is damaged in the storage 'default'.\n"
+        )
 
     def test_unknown_key_fails_with_a_message(self) -> None:
         got = self.manage("blobstore", "get", "no/such/key", "-")

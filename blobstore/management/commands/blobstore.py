@@ -1,13 +1,17 @@
 """``manage.py blobstore SUBCOMMAND``: blobstore's command-line tools.
 
 ``token`` and ``proxystore-config`` set up access; ``put``, ``get``, ``ls``,
-``rm``, ``cp`` and ``stats`` work on the storages of ``BLOBSTORE_STORAGES``.
+``rm``, ``cp`` and ``stats`` work on the storages of ``BLOBSTORE_STORAGES``;
+``verify`` and ``purge`` look after them.
 Blobs move in chunks of 1 MiB, never whole, and a transfer that takes a while
-shows a progress bar on standard error when that is a terminal.
+shows a progress bar on standard error when that is a terminal. Ctrl-C cancels
+the work, lets it clean up and exits with status 130 and one line; a second
+Ctrl-C during that clean-up ends the process at once.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import datetime
 import hashlib
@@ -16,9 +20,10 @@ import json
 import os
 import re
 import secrets
+import signal
 import stat
 import sys
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, cast
 
@@ -43,6 +48,7 @@ from blobstore.storage import (
     storages,
 )
 from blobstore.storage.base import STREAM_CHUNK_SIZE, validate_key
+from blobstore.storage.chunked import ChunkedStorage
 
 # ProxyStore's own rule for endpoint names.
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -55,11 +61,17 @@ PAGE_SIZE = 1000
 
 STDIO = "-"
 
+MAX_AGE = 100 * 365 * 24 * 3600
+"""The largest --older-than, in seconds (100 years)."""
+
+INTERRUPTED = 130
+"""The exit status of a command stopped by Ctrl-C, as shells report it (128 + SIGINT)."""
+
 
 class Command(BaseCommand):
     help = (
         "blobstore's tools: API tokens, ProxyStore endpoint configuration, and blobs in "
-        "the storages of BLOBSTORE_STORAGES (put, get, ls, rm, cp, stats)."
+        "the storages of BLOBSTORE_STORAGES (put, get, ls, rm, cp, stats, verify, purge)."
     )
     # call_command("blobstore", "put", KEY, "-", stdin=a_binary_file) reads that instead.
     stealth_options = ("stdin",)
@@ -174,6 +186,31 @@ class Command(BaseCommand):
         storage_option(stats, default=None)
         stats.add_argument("--json", action="store_true", help="Print the figures as JSON.")
 
+        verify = add(
+            "verify",
+            "Read every blob and report the damaged ones.",
+            "Read every blob of a storage to the end and check its size and SHA-256 against its "
+            "record. Each damaged blob is reported on a line of its own (its key, then what is "
+            "wrong), then a summary; the exit status is 1 if any blob is damaged.",
+        )
+        storage_option(verify)
+
+        purge = add(
+            "purge",
+            "Delete the chunks of abandoned uploads.",
+            "Delete the chunk rows of uploads that stopped before they were stored (a process "
+            "killed mid-upload leaves them; no blob names them), in bounded batches. Uploads "
+            "still under way keep theirs: only uploads idle for --older-than seconds go.",
+        )
+        storage_option(purge)
+        purge.add_argument(
+            "--older-than",
+            type=_seconds,
+            metavar="SECONDS",
+            help="How long an upload must have been idle to count as abandoned "
+            "(default: the storage's own, an hour for the built-in backends).",
+        )
+
     def run_from_argv(self, argv: list[str]) -> None:
         # Run as a program, the command closes the storages it opened (an open
         # SQLite connection would keep the process alive); called from code,
@@ -196,6 +233,8 @@ class Command(BaseCommand):
                 "rm": self.remove,
                 "cp": self.copy,
                 "stats": self.stats,
+                "verify": self.verify,
+                "purge": self.purge,
             }
             self.run(work[subcommand](options))
 
@@ -248,14 +287,16 @@ class Command(BaseCommand):
             if self.standalone:
                 # In the main thread, so that Ctrl-C cancels the transfer
                 # (an upload cut off stores nothing).
-                asyncio.run(closing())
+                if asyncio.run(_interruptible(closing())):
+                    raise KeyboardInterrupt
             else:
                 # On the caller's thread and database connections.
                 async_to_sync(closing)()
         except (ImproperlyConfigured, ValueError) as error:
             raise CommandError(str(error)) from error
         except KeyboardInterrupt:
-            raise CommandError("Interrupted.") from None
+            # The work was cancelled and cleaned up: a message, no traceback.
+            raise CommandError("Interrupted.", returncode=INTERRUPTED) from None
 
     async def put(self, options: dict[str, Any]) -> None:
         key = _checked_key(options["key"])
@@ -304,7 +345,7 @@ class Command(BaseCommand):
     async def open_stream(self, store: StreamingStorage, alias: str, key: str) -> BlobStream:
         """Open the blob under key, or raise CommandError."""
         # Iterate the stream at once: the storage holds a connection for it.
-        stream = await store.stream(key)
+        stream = await _open(store, alias, key)
         if stream is None:
             raise CommandError(f"No blob is stored under {key!r} in the storage {alias!r}.")
         return stream
@@ -315,7 +356,7 @@ class Command(BaseCommand):
         output = getattr(self.stdout, "buffer", None) or sys.stdout.buffer
         try:
             async with await self.open_stream(store, alias, key) as stream:
-                await self.transfer(stream, key, output.write)
+                await self.transfer(stream, alias, key, output.write)
             output.flush()
         except BrokenPipeError:
             # The reader went away, as in `... | head -c 10`: stop quietly, as cat does.
@@ -338,7 +379,7 @@ class Command(BaseCommand):
         try:
             with output:
                 async with await self.open_stream(store, alias, key) as stream:
-                    await self.transfer(stream, key, output.write)
+                    await self.transfer(stream, alias, key, output.write)
             await asyncio.to_thread(os.replace, partial, path)
         except BaseException as error:
             await asyncio.to_thread(partial.unlink, missing_ok=True)
@@ -347,16 +388,21 @@ class Command(BaseCommand):
             raise
         return stream.info.size
 
-    async def transfer(self, stream: BlobStream, key: str, write: Callable[[bytes], Any]) -> None:
+    async def transfer(
+        self, stream: BlobStream, alias: str, key: str, write: Callable[[bytes], Any]
+    ) -> None:
         """Write every chunk of stream, with a progress bar, and check its SHA-256."""
         digest = hashlib.sha256()
         whole = stream.start == 0 and stream.stop == stream.info.size
         with self.progress(stream.length, f"get {key}") as progress:
-            async for chunk in stream:
-                await asyncio.to_thread(write, chunk)
-                if whole:
-                    digest.update(chunk)
-                progress.advance(len(chunk))
+            try:
+                async for chunk in stream:
+                    await asyncio.to_thread(write, chunk)
+                    if whole:
+                        digest.update(chunk)
+                    progress.advance(len(chunk))
+            except RuntimeError as error:
+                raise _damaged(alias, key, error) from None
         if whole and digest.hexdigest() != stream.info.sha256:
             raise CommandError(
                 f"The bytes read for {key!r} do not match its SHA-256 ({stream.info.sha256})."
@@ -408,13 +454,13 @@ class Command(BaseCommand):
         copied = copied_bytes = 0
         with self.progress(total, f"cp 0/{count}") as progress:
             async for info in _every_blob(source, prefix):
-                stream = await source.stream(info.key)
+                stream = await _open(source, names[0], info.key)
                 if stream is None:
                     continue  # evicted since it was listed
                 progress.label = f"cp {copied + 1}/{count}"
                 async with stream:
                     try:
-                        written = await target.write(info.key, _counted(stream, progress))
+                        written = await target.write(info.key, _counted(stream, names[0], progress))
                     except ObjectSizeExceededError as error:
                         raise CommandError(
                             f"The blob {info.key!r} grew over the limit of the storage "
@@ -457,6 +503,56 @@ class Command(BaseCommand):
                     f"  chunk rows  {found['chunk_rows']:,} "
                     f"({found['unreferenced_chunk_rows']:,} named by no blob)"
                 )
+
+    async def verify(self, options: dict[str, Any]) -> None:
+        alias = options["storage"]
+        store = self.streaming_storage(alias)
+        # A first pass over the records (not the bytes) gives the progress bar its total.
+        total = 0
+        async for info in _every_blob(store, ""):
+            total += info.size
+        count = size = damaged = 0
+        with self.progress(total, f"verify {alias}") as progress:
+            async for info in _every_blob(store, ""):
+                found = await _check(store, info.key, progress)
+                if found is None:
+                    continue  # evicted since it was listed
+                read, problem = found
+                count += 1
+                size += read
+                if problem:
+                    damaged += 1
+                    self.stdout.write(f"{info.key!r}: {problem}")
+        if options["verbosity"] >= 1 or damaged:
+            self.stdout.write(
+                f"Verified {count:,} blob{'s' if count != 1 else ''} ({size:,} bytes) in the "
+                f"storage {alias!r}: {damaged:,} damaged."
+            )
+        if damaged:
+            raise CommandError(
+                f"{damaged:,} blob{'s are' if damaged != 1 else ' is'} damaged in the storage "
+                f"{alias!r}."
+            )
+
+    async def purge(self, options: dict[str, Any]) -> None:
+        alias = options["storage"]
+        store = self.storage(alias)
+        if not isinstance(store, ChunkedStorage):
+            self.stdout.write(
+                f"The storage {alias!r} ({type(store).__name__}) keeps no chunk rows: nothing to "
+                "purge."
+            )
+            return
+        seconds = options["older_than"]
+        if seconds is None:
+            deleted = await store.purge()
+        else:
+            deleted = await store.purge(older_than=datetime.timedelta(seconds=seconds))
+        if options["verbosity"] >= 1:
+            self.stdout.write(
+                f"Deleted {deleted:,} chunk row{'s' if deleted != 1 else ''} of abandoned "
+                f"uploads from the storage {alias!r}."
+            )
 
     async def figures(self, alias: str) -> dict[str, Any]:
         """Return the counts of one storage."""
@@ -540,6 +636,52 @@ class Command(BaseCommand):
         return Progress(stream, total, label, delay=self.progress_delay)
 
 
+async def _interruptible(work: Coroutine[Any, Any, None]) -> bool:
+    """Await work, which the first Ctrl-C cancels; return whether Ctrl-C did.
+
+    A second Ctrl-C, during the clean-up of the first, ends the process at
+    once, as a kill would: the storages are safe from that, while asyncio.run's
+    own handler would raise KeyboardInterrupt in the middle of the clean-up and
+    run the rest of it on a state it does not expect.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    interrupted = False
+
+    def interrupt() -> None:
+        nonlocal interrupted
+        if interrupted:
+            _stop_at_once()
+        interrupted = True
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+    except NotImplementedError:  # no signal handlers in this event loop: asyncio.run's own
+        await work
+        return False
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        return True
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        if interrupted:
+            # Until the process has ended: threads may still be finishing their work.
+            signal.signal(signal.SIGINT, _stop_at_once)
+    return False
+
+
+def _stop_at_once(*_: object) -> None:
+    """End the process now, as a kill would: Ctrl-C came again during the clean-up of the first."""
+    sys.stderr.write("Interrupted twice: stopped at once.\n")
+    sys.stderr.flush()
+    os._exit(INTERRUPTED)
+
+
 async def _every_blob(store: ListingStorage, prefix: str) -> AsyncIterator[BlobInfo]:
     """Yield the record of every blob whose key starts with prefix, in key order, page by page."""
     after = ""
@@ -552,6 +694,36 @@ async def _every_blob(store: ListingStorage, prefix: str) -> AsyncIterator[BlobI
         after = page[-1].key
 
 
+async def _check(store: StreamingStorage, key: str, progress: Progress) -> tuple[int, str] | None:
+    """Read the blob under key to the end; return the bytes read and what is wrong, or None.
+
+    None means there is no blob under key any more; an empty problem, that it is whole.
+    """
+    try:
+        stream = await store.stream(key)
+    except (RuntimeError, ValueError) as error:
+        return 0, f"cannot be opened: {error}"
+    if stream is None:
+        return None
+    digest = hashlib.sha256()
+    read = 0
+    try:
+        async with stream:
+            async for chunk in stream:
+                digest.update(chunk)
+                read += len(chunk)
+                progress.advance(len(chunk))
+    except RuntimeError as error:
+        return read, f"cannot be read to the end: {error}"
+    # The record the stream opened, not the listing's: the blob may have been replaced since.
+    expected = stream.info
+    if read != expected.size:
+        return read, f"wrong size: {read:,} bytes read, {expected.size:,} recorded"
+    if digest.hexdigest() != expected.sha256:
+        return read, f"wrong SHA-256: {digest.hexdigest()} read, {expected.sha256} recorded"
+    return read, ""
+
+
 async def _read_chunks(source: BinaryIO, progress: Progress) -> AsyncIterator[bytes]:
     """Yield the rest of source in chunks of CHUNK_SIZE bytes."""
     while chunk := await asyncio.to_thread(source.read, CHUNK_SIZE):
@@ -559,10 +731,22 @@ async def _read_chunks(source: BinaryIO, progress: Progress) -> AsyncIterator[by
         yield chunk
 
 
-async def _counted(chunks: AsyncIterable[bytes], progress: Progress) -> AsyncIterator[bytes]:
-    async for chunk in chunks:
-        progress.advance(len(chunk))
-        yield chunk
+async def _open(store: StreamingStorage, alias: str, key: str) -> BlobStream | None:
+    """Open the blob under key as a stream, or return None; raise CommandError if it is damaged."""
+    try:
+        return await store.stream(key)
+    except RuntimeError as error:
+        raise _damaged(alias, key, error) from None
+
+
+async def _counted(stream: BlobStream, alias: str, progress: Progress) -> AsyncIterator[bytes]:
+    """Yield the chunks of stream, counted by progress; raise CommandError if it is damaged."""
+    try:
+        async for chunk in stream:
+            progress.advance(len(chunk))
+            yield chunk
+    except RuntimeError as error:
+        raise _damaged(alias, stream.info.key, error) from None
 
 
 def _create(path: Path) -> BinaryIO:
@@ -575,6 +759,13 @@ def _unable(alias: str, store: Storage, kind: type[Any]) -> CommandError:
     return CommandError(
         f"The storage {alias!r} ({type(store).__name__}) cannot do this: it does not keep the "
         f"{kind.__name__} protocol of blobstore.storage."
+    )
+
+
+def _damaged(alias: str, key: str, error: RuntimeError) -> CommandError:
+    return CommandError(
+        f"The blob {key!r} of the storage {alias!r} cannot be read: {error} "
+        "(manage.py blobstore verify lists every damaged blob)."
     )
 
 
@@ -601,6 +792,23 @@ def _regular_size(source: BinaryIO) -> int | None:
 
 def _describe_input(name: str) -> str:
     return "Standard input" if name == STDIO else name
+
+
+def _seconds(text: str) -> float:
+    """Return text as a number of seconds from 0 to MAX_AGE, or raise ArgumentTypeError."""
+    refusal = argparse.ArgumentTypeError(
+        f"{text[:40]!r} is not a number of seconds from 0 to {MAX_AGE:,}"
+    )
+    # Bounded before conversion, as every number from outside.
+    if len(text) > 32:
+        raise refusal
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise refusal from None
+    if not 0 <= seconds <= MAX_AGE:  # also refuses nan
+        raise refusal
+    return seconds
 
 
 def _timestamp(moment: datetime.datetime) -> str:
