@@ -28,7 +28,8 @@ from blobstore.management.commands import blobstore as command_module
 from blobstore.management.commands.blobstore import Command
 from blobstore.management.progress import MIB, Progress
 from blobstore.models import Blob, BlobChunk
-from blobstore.storage import ListingStorage, storages
+from blobstore.storage import ListingStorage, ORMStorage, storages
+from blobstore.storage.base import once
 from blobstore.storage.chunked import CHUNK_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -598,14 +599,14 @@ class PurgeTests(CommandTestCase):
         for index in (1, 2):
             BlobChunk.objects.create(version=in_progress, index=index, data=b"y")
         out, _ = blobstore("purge")
-        self.assertEqual(out, "Deleted 3 chunk rows of abandoned uploads from the storage "
-                         "'default'.\n")  # fmt: skip
+        self.assertEqual(out, "Deleted 3 rows (expired blobs and chunks of abandoned uploads) "
+                         "from the storage 'default'.\n")  # fmt: skip
         self.assertFalse(BlobChunk.objects.filter(version=abandoned).exists())
         self.assertEqual(BlobChunk.objects.filter(version=in_progress).count(), 2)
         out, _ = blobstore("purge", "--older-than", "3600")
-        self.assertIn("Deleted 0 chunk rows", out)
+        self.assertIn("Deleted 0 rows", out)
         out, _ = blobstore("purge", "--older-than", "0")
-        self.assertIn("Deleted 2 chunk rows", out)
+        self.assertIn("Deleted 2 rows", out)
         self.assertEqual(BlobChunk.objects.count(), CHUNKS)
         self.assertEqual(get_bytes("big"), DATA)
         self.assertEqual(verify()[0], 0)
@@ -619,15 +620,26 @@ class PurgeTests(CommandTestCase):
                 [(uuid.uuid4().hex, index, 0.0) for index in (1, 2)],
             )
         out, _ = blobstore("purge", "--storage", "file")
-        self.assertEqual(out, "Deleted 2 chunk rows of abandoned uploads from the storage "
-                         "'file'.\n")  # fmt: skip
+        self.assertEqual(out, "Deleted 2 rows (expired blobs and chunks of abandoned uploads) "
+                         "from the storage 'file'.\n")  # fmt: skip
         self.assertEqual(get_bytes("big", "--storage", "file"), DATA)
         self.assertEqual(verify("--storage", "file")[0], 0)
 
-    def test_a_storage_without_chunks(self) -> None:
+    def test_a_storage_in_memory_purges_expired_blobs(self) -> None:
         out, _ = blobstore("purge", "--storage", "other")
-        self.assertEqual(out, "The storage 'other' (DictStorage) keeps no chunk rows: nothing to "
-                         "purge.\n")  # fmt: skip
+        self.assertEqual(out, "Deleted 0 rows (expired blobs and chunks of abandoned uploads) "
+                         "from the storage 'other'.\n")  # fmt: skip
+
+    def test_purge_deletes_expired_blobs(self) -> None:
+        store = ORMStorage()
+        soon = timezone.now() + datetime.timedelta(seconds=60)
+        for key in ("gone", "gone too"):
+            async_to_sync(store.write)(key, once(DATA), expires=soon)
+        blobstore("put", "kept", str(self.source))
+        Blob.objects.filter(key__startswith="gone").update(expires=timezone.now())
+        out, _ = blobstore("purge")
+        self.assertIn("Deleted 2 rows", out)
+        self.assertEqual(list(Blob.objects.values_list("key", flat=True)), ["kept"])
 
     def test_bad_ages(self) -> None:
         for age in ("-1", "nan", "inf", "1e99", "soon", "9" * 5000, ""):
@@ -658,7 +670,7 @@ class PostgreSQLVerifyTests(ORMDamageMixin, TransactionTestCase):
             for index in range(1, 4)
         )
         out, _ = blobstore("purge", "--storage", "pg")
-        self.assertIn("Deleted 3 chunk rows", out)
+        self.assertIn("Deleted 3 rows", out)
         self.assertEqual(BlobChunk.objects.using("postgres").count(), 2 * CHUNKS)
         self.assertEqual(verify("--storage", "pg")[0], 0)
 

@@ -39,6 +39,7 @@ from blobstore.exceptions import ObjectSizeExceededError
 from blobstore.management.progress import Progress
 from blobstore.models import APIToken
 from blobstore.storage import (
+    BaseStorage,
     BlobInfo,
     BlobStream,
     ListingStorage,
@@ -48,7 +49,6 @@ from blobstore.storage import (
     storages,
 )
 from blobstore.storage.base import STREAM_CHUNK_SIZE, validate_key
-from blobstore.storage.chunked import ChunkedStorage
 
 # ProxyStore's own rule for endpoint names.
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -537,12 +537,11 @@ class Command(BaseCommand):
     async def purge(self, options: dict[str, Any]) -> None:
         alias = options["storage"]
         store = self.storage(alias)
-        if not isinstance(store, ChunkedStorage):
-            self.stdout.write(
-                f"The storage {alias!r} ({type(store).__name__}) keeps no chunk rows: nothing to "
-                "purge."
+        if not isinstance(store, BaseStorage):
+            raise CommandError(
+                f"The storage {alias!r} ({type(store).__name__}) cannot purge: it is not a "
+                "blobstore backend."
             )
-            return
         seconds = options["older_than"]
         if seconds is None:
             deleted = await store.purge()
@@ -550,8 +549,8 @@ class Command(BaseCommand):
             deleted = await store.purge(older_than=datetime.timedelta(seconds=seconds))
         if options["verbosity"] >= 1:
             self.stdout.write(
-                f"Deleted {deleted:,} chunk row{'s' if deleted != 1 else ''} of abandoned "
-                f"uploads from the storage {alias!r}."
+                f"Deleted {deleted:,} row{'s' if deleted != 1 else ''} (expired blobs and chunks "
+                f"of abandoned uploads) from the storage {alias!r}."
             )
 
     async def figures(self, alias: str) -> dict[str, Any]:
