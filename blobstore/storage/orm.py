@@ -92,7 +92,7 @@ class ORMStorage(ChunkedStorage):
             raise ValueError(f"timeout must be a number of seconds, not {timeout!r}.")
         self.using = using
         self.timeout = float(timeout)
-        self._selects: dict[tuple[str, ...], str] = {}
+        self._selects: dict[tuple[str, ...], _Statement] = {}
 
     @property
     def blobs(self) -> QuerySet[Blob]:
@@ -165,15 +165,14 @@ class ORMStorage(ChunkedStorage):
     async def stat(self, key: str) -> BlobInfo | None:
         """Return the record of the blob stored under key, or None."""
         validate_key(key)
-        record = await self.live.filter(key=key).values_list(*_INFO_FIELDS).afirst()
-        return None if record is None else BlobInfo(*record)
+        rows = await sync_to_async(self._select_by_key)(tuple(_INFO_FIELDS), key)
+        return BlobInfo(*rows[0]) if rows else None
 
     async def _read_head(self, key: str) -> tuple[BlobInfo, bytes, uuid.UUID | None] | None:
-        fields = self.live.filter(key=key).values_list(*_INFO_FIELDS, "data", "version")
-        record = await fields.afirst()
-        if record is None:
+        rows = await sync_to_async(self._select_by_key)((*_INFO_FIELDS, "data", "version"), key)
+        if not rows:
             return None
-        *info, head, version = record
+        *info, head, version = rows[0]
         return BlobInfo(*info), _bytes(head), version
 
     async def _open_chunks(self, version: uuid.UUID, first: int, last: int) -> ChunkSource:
@@ -205,24 +204,14 @@ class ORMStorage(ChunkedStorage):
         return timezone.now()
 
     def _select_by_key(self, columns: tuple[str, ...], key: str) -> list[tuple[Any, ...]]:
-        """Return the given columns of the row of key, as a list of at most one row."""
-        # Raw SQL, built once: compiling a query would cost more than running it.
-        sql = self._selects.get(columns)
-        if sql is None:
-            table, quoted = _prepared(
-                self.blobs.model, connections[self.using], dict.fromkeys(columns)
+        """Return the given columns of the live row of key, as a list of at most one row."""
+        statement = self._selects.get(columns)
+        if statement is None:
+            query = self.blobs.filter(key=_KEY_MARK).filter(
+                Q(expires=None) | Q(expires__gt=_TIME_MARK)
             )
-            key_column, expires = _quoted(self.using, "key"), _quoted(self.using, "expires")
-            sql = (
-                f"SELECT {', '.join(quoted) or '1'} FROM {table} WHERE {key_column} = %s "
-                f"AND ({expires} IS NULL OR {expires} > %s)"
-            )
-            self._selects[columns] = sql
-        connection = connections[self.using]
-        return _execute(connection, sql, [key, self._db_time(connection, timezone.now())])
-
-    def _db_time(self, connection: BaseDatabaseWrapper, moment: datetime.datetime) -> Any:
-        return self.blobs.model._meta.get_field("expires").get_db_prep_save(moment, connection)
+            statement = self._selects[columns] = _Statement(query.values_list(*(columns or ["pk"])))
+        return statement.run(key=key, now=timezone.now())
 
     def _upsert_unchunked(self, row: Version) -> bool:
         """Insert or replace an unchunked live blob in one statement; return whether it did."""
@@ -345,6 +334,45 @@ class ORMStorage(ChunkedStorage):
         # Checked again in the statement that deletes: a commit may have named one since.
         deleted, _ = self.chunks.filter(version__in=stale).exclude(version__in=named).delete()
         return len(stale), deleted
+
+
+_KEY_MARK = "\x00blobstore key\x00"
+_TIME_MARK = datetime.datetime(1111, 11, 11, 11, 11, 11, 111111, datetime.UTC)
+
+
+class _Statement:
+    """A query compiled once and run again with new values, as a prepared statement is.
+
+    Compiling a queryset costs more than running it on a key; this keeps the
+    SQL and Django's converters, and puts each call's key and time in the
+    places of the markers the query was built with.
+    """
+
+    def __init__(self, query: QuerySet[Any]) -> None:
+        from blobstore.models import Blob
+
+        self.using = str(query.db)
+        connection = connections[self.using]
+        compiler = query.query.get_compiler(self.using)
+        self.sql, params = compiler.as_sql()
+        self.params = list(params)
+        self.expires = Blob._meta.get_field("expires")
+        self.key_slot = self.params.index(_KEY_MARK)
+        self.time_slot = self.params.index(self.expires.get_db_prep_value(_TIME_MARK, connection))
+        self.compiler = compiler
+        self.converters = compiler.get_converters([column for column, _, _ in compiler.select])
+
+    def run(self, *, key: str, now: datetime.datetime) -> list[tuple[Any, ...]]:
+        """Return the rows of the query for key, at the time now."""
+        connection = connections[self.using]
+        params = list(self.params)
+        params[self.key_slot] = key
+        params[self.time_slot] = self.expires.get_db_prep_value(now, connection)
+        rows = _execute(connection, self.sql, params)
+        if not rows or _binary_postgresql(connection):
+            # psycopg's binary results are Python values already (jsonb a dict).
+            return rows
+        return [tuple(row) for row in self.compiler.apply_converters(rows, self.converters)]
 
 
 class _ChunkReader:
