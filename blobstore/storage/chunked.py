@@ -19,8 +19,9 @@ import contextlib
 import datetime
 import logging
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
-from dataclasses import dataclass
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from blobstore.storage.base import (
@@ -311,6 +312,60 @@ class _ChunkWriter:
         except Exception:
             # The database went away: purge() deletes the chunks later.
             logger.warning("Could not delete the chunks of abandoned version %s.", self.version)
+
+
+class CommitGroup:
+    """Small writes that come at once, committed together: one transaction for many.
+
+    A writer's commit waits while the group's current transaction runs; the
+    writes that arrived meanwhile go together in the next one. Each writer
+    is answered once its row is committed, so nothing is acknowledged
+    earlier than one commit of its own would be.
+    """
+
+    def __init__(
+        self, commit_many: Callable[[list[Version]], Awaitable[list[datetime.datetime | None]]]
+    ) -> None:
+        self.commit_many = commit_many
+        # Per event loop: a storage may be used from several (async_to_sync makes one per call).
+        self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    async def commit(self, row: Version) -> datetime.datetime | None:
+        """Commit row with the others of the moment; return what commit_many says of it."""
+        loop = asyncio.get_running_loop()
+        queue = self._queues.get(loop)
+        if queue is None:
+            queue = self._queues[loop] = _Queue()
+        answer: asyncio.Future[datetime.datetime | None] = loop.create_future()
+        queue.waiting.append((row, answer))
+        if queue.committing is None:
+            queue.committing = asyncio.ensure_future(self._run(queue))
+        return await run_to_end(answer)
+
+    async def _run(self, queue: _Queue) -> None:
+        try:
+            while queue.waiting:
+                group, queue.waiting = queue.waiting, []
+                try:
+                    results = await self.commit_many([row for row, _ in group])
+                except Exception as error:
+                    for _, answer in group:
+                        answer.set_exception(error)
+                else:
+                    for (_, answer), result in zip(group, results, strict=True):
+                        answer.set_result(result)
+        finally:
+            queue.committing = None
+
+
+@dataclass(slots=True)
+class _Queue:
+    waiting: list[tuple[Version, asyncio.Future[datetime.datetime | None]]] = field(
+        default_factory=list
+    )
+    committing: asyncio.Future[None] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Sized
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
@@ -38,6 +39,7 @@ from blobstore.storage.chunked import (
     ChunkedStorage,
     ChunkSink,
     ChunkSource,
+    CommitGroup,
     Version,
 )
 
@@ -93,6 +95,7 @@ class ORMStorage(ChunkedStorage):
         self.using = using
         self.timeout = float(timeout)
         self._selects: dict[tuple[str, ...], _Statement] = {}
+        self._group = CommitGroup(self._upsert_group)
 
     @property
     def blobs(self) -> QuerySet[Blob]:
@@ -134,10 +137,7 @@ class ORMStorage(ChunkedStorage):
             await self.write(key, once(data))
             return
         row = Version(key, data, len(data), hashlib.sha256(data).hexdigest(), None, timezone.now())
-        # One statement replaces a blob of one chunk; a chunked one needs a
-        # transaction that deletes its chunks too.
-        if not await run_to_end(self._write(self._upsert_unchunked, row)):
-            await run_to_end(self._commit(row, if_absent=False, if_sha256=None))
+        await run_to_end(self._commit(row, if_absent=False, if_sha256=None))
 
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
@@ -188,7 +188,17 @@ class ORMStorage(ChunkedStorage):
     async def _commit(
         self, row: Version, *, if_absent: bool, if_sha256: str | None
     ) -> datetime.datetime | None:
+        if row.version is None and not if_absent and if_sha256 is None:
+            # One statement replaces a live blob of one chunk, in a transaction
+            # with the other writers' of the moment; a chunked or expired one
+            # needs a transaction of its own, which deletes its chunks too.
+            created = await self._group.commit(row)
+            if created is not None:
+                return created
         return await self._write(self._commit_now, row, if_absent, if_sha256)  # type: ignore[no-any-return]
+
+    async def _upsert_group(self, rows: list[Version]) -> list[datetime.datetime | None]:
+        return await self._write(self._upsert_many, rows)  # type: ignore[no-any-return]
 
     async def _discard(self, version: uuid.UUID) -> None:
         await self._write(self._delete_version, version)
@@ -213,8 +223,16 @@ class ORMStorage(ChunkedStorage):
             statement = self._selects[columns] = _Statement(query.values_list(*(columns or ["pk"])))
         return statement.run(key=key, now=timezone.now())
 
-    def _upsert_unchunked(self, row: Version) -> bool:
-        """Insert or replace an unchunked live blob in one statement; return whether it did."""
+    def _upsert_many(self, rows: list[Version]) -> list[datetime.datetime | None]:
+        """Upsert rows in one transaction; return the creation of each key, or None."""
+        with transaction.atomic(using=self.using):
+            return [self._upsert_unchunked(row) for row in rows]
+
+    def _upsert_unchunked(self, row: Version) -> datetime.datetime | None:
+        """Insert or replace an unchunked live blob in one statement; return the key's creation.
+
+        None means that the blob there is chunked or expired, which this leaves as it is.
+        """
         table, values = self._row_values(row)
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self._replaced(values))
         version, expires = _quoted(self.using, "version"), _quoted(self.using, "expires")
@@ -223,9 +241,12 @@ class ORMStorage(ChunkedStorage):
             f"INSERT INTO {table} ({', '.join(values)}) VALUES ({_marks(values)}) "
             f"ON CONFLICT ({_quoted(self.using, 'key')}) DO UPDATE SET {updates} "
             f"WHERE {table}.{version} IS NULL AND "
-            f"({table}.{expires} IS NULL OR {table}.{expires} > EXCLUDED.{updated}) RETURNING 1"
+            f"({table}.{expires} IS NULL OR {table}.{expires} > EXCLUDED.{updated}) "
+            f"RETURNING {table}.{_quoted(self.using, 'created')}"
         )
-        return bool(_execute(connections[self.using], sql, list(values.values())))
+        connection = connections[self.using]
+        rows = _execute(connection, sql, list(values.values()))
+        return _aware(connection, rows[0][0]) if rows else None
 
     def _commit_now(
         self, row: Version, if_absent: bool, if_sha256: str | None
@@ -575,6 +596,15 @@ def _busy(error: DatabaseError) -> bool:
     if code is not None:
         return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return getattr(cause, "sqlstate", None) in _RETRIED_SQLSTATES
+
+
+def _aware(connection: BaseDatabaseWrapper, value: datetime.datetime | str) -> datetime.datetime:
+    """Return a DateTimeField's value as the database gave it, as an aware datetime."""
+    if isinstance(value, str):  # SQLite keeps ISO text
+        value = datetime.datetime.fromisoformat(value)
+    if timezone.is_naive(value):
+        return timezone.make_aware(value, datetime.UTC if settings.USE_TZ else None)
+    return value
 
 
 def _uuid(value: uuid.UUID | str) -> uuid.UUID:
