@@ -535,7 +535,15 @@ class _Session:
         """Close the session's own connection."""
         connection, self._connection = self._connection, None
         if connection is not None and self.private:
-            await self.call(connection.close)
+            await self.call(self._release, connection)
+
+    def _release(self, connection: BaseDatabaseWrapper) -> None:
+        # With Django's connection pool, close() hands the connection to
+        # another user, who must get the usual durability back.
+        if self.fast_commits and connection.vendor == "postgresql":
+            with contextlib.suppress(DatabaseError):
+                _execute(connection, "RESET synchronous_commit", [])
+        connection.close()
 
     def _choose(self) -> None:
         shared = connections[self.using]
