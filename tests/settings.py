@@ -34,3 +34,11 @@ else:
 DATABASES["postgres"]["TEST"] = {"NAME": f"test_blobstore_postgres{DATABASE_SUFFIX}"}
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Databases as a site may have them, for the system checks' tests: never connected to.
+DATABASES["plain_sqlite"] = {
+    "ENGINE": "django.db.backends.sqlite3",
+    "NAME": str(VAR_DIR / "plain.sqlite3"),
+    "TEST": {"NAME": str(VAR_DIR / "test-plain.sqlite3")},
+}
+DATABASES["wal_sqlite"] = {**DATABASES["plain_sqlite"], "OPTIONS": SQLITE_OPTIONS}

@@ -114,48 +114,47 @@ class StorageHandlerTests(SimpleTestCase):
                     self.assertIn(fragment, str(raised.exception))
 
 
-def sqlite_database(options: dict[str, Any]) -> dict[str, Any]:
-    return {"ENGINE": "django.db.backends.sqlite3", "NAME": "x.sqlite3", "OPTIONS": options}
+def orm_on(using: str) -> dict[str, Any]:
+    return {"BACKEND": "blobstore.storage.ORMStorage", "OPTIONS": {"using": using}}
 
 
 class SQLiteJournalCheckTests(SimpleTestCase):
+    """tests/settings.py has the databases: plain_sqlite as a new project's, wal_sqlite."""
+
     def test_a_new_projects_sqlite_is_warned_about_with_the_fix(self) -> None:
-        databases = {**settings.DATABASES, "default": sqlite_database({})}
-        with override_settings(DATABASES=databases):
+        with override_settings(BLOBSTORE_STORAGES={"default": orm_on("plain_sqlite")}):
             warnings = check_sqlite_journal()
         self.assertEqual([warning.id for warning in warnings], ["blobstore.W001"])
-        self.assertIn("DATABASES['default'] is SQLite without WAL", warnings[0].msg)
-        self.assertIn("PRAGMA journal_mode=WAL", str(warnings[0].hint))
+        self.assertIn("DATABASES['plain_sqlite'] is SQLite without WAL", warnings[0].msg)
+        self.assertIn(repr(SQLITE_OPTIONS), str(warnings[0].hint))
 
     def test_wal_postgresql_and_other_backends_pass(self) -> None:
-        wal = {**settings.DATABASES, "default": sqlite_database(SQLITE_OPTIONS)}
-        for databases, storages_setting in [
-            (wal, {"default": {"BACKEND": "blobstore.storage.ORMStorage"}}),
-            ({**wal, "default": sqlite_database({})}, {"default": {"BACKEND": DICT}}),
-            (
-                {**wal, "postgres": settings.DATABASES["postgres"]},
-                {"default": {"BACKEND": "blobstore.storage.ORMStorage",
-                             "OPTIONS": {"using": "postgres"}}},
-            ),
-        ]:  # fmt: skip
+        for storages_setting in [
+            {"default": orm_on("wal_sqlite")},
+            {"default": orm_on("postgres")},
+            {"default": {"BACKEND": DICT}},
+        ]:
             with (
                 self.subTest(storages=storages_setting),
-                override_settings(DATABASES=databases, BLOBSTORE_STORAGES=storages_setting),
+                override_settings(BLOBSTORE_STORAGES=storages_setting),
             ):
                 self.assertEqual(check_sqlite_journal(), [])
 
-    def test_each_database_an_alias_names_is_checked(self) -> None:
-        databases = {**settings.DATABASES, "blobs": sqlite_database({"init_command": ""})}
+    def test_each_database_an_alias_names_is_checked_once(self) -> None:
         setting = {
             "default": {"BACKEND": DICT},
-            "files": {"BACKEND": "blobstore.storage.ORMStorage", "OPTIONS": {"using": "blobs"}},
+            "files": orm_on("plain_sqlite"),
+            "more": orm_on("plain_sqlite"),
+            "fine": orm_on("wal_sqlite"),
         }
-        with override_settings(DATABASES=databases, BLOBSTORE_STORAGES=setting):
+        with override_settings(BLOBSTORE_STORAGES=setting):
             warnings = check_sqlite_journal()
-        self.assertEqual([warning.msg[:20] for warning in warnings], ["DATABASES['blobs'] i"])
+        self.assertEqual([warning.msg[:25] for warning in warnings], ["DATABASES['plain_sqlite']"])
 
 
 class SystemCheckTests(SimpleTestCase):
+    databases = "__all__"  # the check command asks every database what it supports
+
     def test_valid_setting_passes(self) -> None:
         self.assertEqual(check_storages(), [])
 
