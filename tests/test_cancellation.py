@@ -145,8 +145,10 @@ class CancellationTests(TestCaseMixin):
             for step in range(1, suspensions + 1):
                 with self.subTest(name, step=step, of=suspensions):
                     await self.reset()
-                    cancelled, _ = await drive(operation(self.storage), step)
-                    self.assertTrue(cancelled, "the caller's CancelledError must propagate")
+                    cancelled, reached = await drive(operation(self.storage), step)
+                    # Thread work that ends before it is awaited saves a suspension:
+                    # a run may end before its step; otherwise the cancellation shows.
+                    self.assertTrue(cancelled or reached < step, "CancelledError must propagate")
                     after = await self.state()
                     self.assertIn(after[0], outcomes)
                     self.assertIn(after[1], {None, NEW})

@@ -436,6 +436,11 @@ class ORMPostgreSQLIsolationTests(ORMIsolationTests):
             stream = await self.storage.stream("k", start=CHUNK_SIZE + 1)
             assert stream is not None
             await stream.aclose()
+        # A closed connection's server process ends a moment after the client lets go.
+        for _ in range(50):
+            if await sync_to_async(self.transactions_left_open)() == 0:
+                break
+            await asyncio.sleep(0.05)
         self.assertEqual(await sync_to_async(self.transactions_left_open)(), 0)
 
     def transactions_left_open(self) -> int:
