@@ -385,6 +385,8 @@ class StorageTests(TestCaseMixin):
             ({"limit": True}, TypeError),
             ({"limit": 0}, ValueError),
             ({"prefix": "\udfff"}, ValueError),
+            ({"prefix": "nul\x00"}, ValueError),
+            ({"after": "line\nfeed"}, ValueError),
         ]
         for arguments, error in cases:
             with self.subTest(arguments=arguments), self.assertRaises(error):

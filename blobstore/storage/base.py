@@ -530,8 +530,12 @@ def validate_listing(prefix: object, after: object, limit: object) -> None:
     for name, value in (("prefix", prefix), ("after", after)):
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a str, not {type(value).__name__}.")
-        if not _is_utf8(value):
-            raise ValueError(f"{name} must be Unicode text; got {_abbreviate(value)!r}.")
+        if not _is_utf8(value) or _CONTROL.search(value):
+            # No key holds a control character; PostgreSQL refuses NUL in any text.
+            raise ValueError(
+                f"{name} must be Unicode text with no control character; "
+                f"got {_abbreviate(value)!r}."
+            )
     if not isinstance(limit, int) or isinstance(limit, bool):
         raise TypeError(f"limit must be an int, not {type(limit).__name__}.")
     if limit < 1:
