@@ -79,6 +79,26 @@ def check_proxystore(**kwargs: Any) -> list[CheckMessage]:
 
 
 @register()
+def check_inline_types(**kwargs: Any) -> list[CheckMessage]:
+    """Report a BLOBSTORE_INLINE_TYPES that names a type a browser could run as a page."""
+    from blobstore.http import PASSIVE_TYPES
+
+    types = conf.BLOBSTORE_INLINE_TYPES
+    if isinstance(types, list | tuple | set | frozenset) and all(
+        isinstance(name, str) and name in PASSIVE_TYPES for name in types
+    ):
+        return []
+    return [
+        Error(
+            f"BLOBSTORE_INLINE_TYPES must be a list of passive media types, not {types!r}.",
+            hint=f"Choose from {sorted(PASSIVE_TYPES)!r}; every other type is served "
+            "as an attachment.",
+            id="blobstore.E009",
+        )
+    ]
+
+
+@register()
 def check_sqlite_journal(**kwargs: Any) -> list[CheckMessage]:
     """Warn about every SQLite database that ORMStorage uses without WAL."""
     handler = StorageHandler()

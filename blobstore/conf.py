@@ -35,6 +35,10 @@ class Settings:
         return getattr(settings, "BLOBSTORE_PROXYSTORE", {})
 
     @property
+    def BLOBSTORE_INLINE_TYPES(self) -> Any:
+        return getattr(settings, "BLOBSTORE_INLINE_TYPES", ())
+
+    @property
     def BLOBSTORE_MAX_UPLOADS(self) -> int:
         value = getattr(settings, "BLOBSTORE_MAX_UPLOADS", DEFAULT_MAX_UPLOADS)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import posixpath
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -13,12 +14,13 @@ from urllib.parse import unquote_to_bytes
 from django.core.exceptions import SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.utils.http import content_disposition_header, http_date
 
 from blobstore.asgi import RECEIVE_KEY
 from blobstore.conf import conf
 from blobstore.exceptions import ObjectSizeExceededError
 from blobstore.faults import UNREACHABLE_RETRY_AFTER, fault_response
-from blobstore.storage.base import BlobStream, validate_key
+from blobstore.storage.base import BlobInfo, BlobStream, validate_key
 
 READ_CHUNK_SIZE = 1024 * 1024
 INLINE_RESPONSE_SIZE = 1024 * 1024
@@ -42,6 +44,21 @@ SAFE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; sandbox",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
+
+PASSIVE_TYPES = frozenset(
+    {
+        *("image/png", "image/jpeg", "image/gif", "image/webp", "image/avif"),
+        *("audio/mpeg", "audio/ogg", "audio/wav", "audio/webm", "audio/flac", "audio/aac"),
+        *("video/mp4", "video/webm", "video/ogg"),
+        *("application/pdf", "text/plain"),
+    }
+)
+"""The media types that no browser runs as a page; only these may be served inline."""
+
+META_HEADER_PREFIX = "X-Blobstore-Meta-"
+"""The prefix of the headers that carry a blob's metadata, one header a name."""
+EXPIRES_HEADER = "X-Blobstore-Expires"
+"""The header that carries a blob's expiry time, as an HTTP date."""
 
 
 class BadRequest(Exception):
@@ -202,16 +219,49 @@ async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
 
 async def blob_response(stream: BlobStream, status: int = 200) -> HttpResponseBase:
     """Return a response carrying the stream's bytes: read at once when small, else streamed."""
+    content_type = stream.info.content_type
     if stream.length <= INLINE_RESPONSE_SIZE:
         async with stream:
             body = await stream.read()
-        response: HttpResponseBase = HttpResponse(body, status=status, content_type=OCTET_STREAM)
+        response: HttpResponseBase = HttpResponse(body, status=status, content_type=content_type)
     else:
         response = StreamingHttpResponse(
-            closing_chunks(stream), status=status, content_type=OCTET_STREAM
+            closing_chunks(stream), status=status, content_type=content_type
         )
     response["Content-Length"] = str(stream.length)
     return response
+
+
+def with_blob_headers(response: HttpResponseBase, info: BlobInfo) -> HttpResponseBase:
+    """Return response with the headers that describe info and keep it from running as a page."""
+    response["Content-Type"] = info.content_type
+    headers = {
+        **SAFE_HEADERS,
+        "Content-Disposition": content_disposition(info),
+        "ETag": etag(info),
+        "Last-Modified": http_date(info.updated.timestamp()),
+        "Accept-Ranges": "bytes",
+    }
+    if info.expires is not None:
+        headers[EXPIRES_HEADER] = http_date(info.expires.timestamp())
+    for name, value in info.metadata.items():
+        headers[META_HEADER_PREFIX + name] = value
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+def content_disposition(info: BlobInfo) -> str:
+    """Return the Content-Disposition of info: inline only for a passive type the site opened."""
+    filename = posixpath.basename(info.key) or "blob"
+    media_type = info.content_type.partition(";")[0].strip()
+    inline = media_type in PASSIVE_TYPES and media_type in conf.BLOBSTORE_INLINE_TYPES
+    return content_disposition_header(not inline, filename) or "attachment"
+
+
+def etag(info: BlobInfo) -> str:
+    """Return the strong entity tag of info's version: its SHA-256."""
+    return f'"{info.sha256}"'
 
 
 async def closing_chunks(stream: BlobStream) -> AsyncIterator[bytes]:

@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import base64
 import binascii
-import posixpath
+import datetime
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.utils.cache import get_conditional_response
 from django.utils.decorators import method_decorator
-from django.utils.http import http_date, parse_etags
+from django.utils.http import parse_etags, parse_http_date_safe
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
 from blobstore.auth import AccessDenied, authorize
 from blobstore.http import (
-    OCTET_STREAM,
-    SAFE_HEADERS,
+    EXPIRES_HEADER,
+    META_HEADER_PREFIX,
     BadRequest,
     abbreviated,
     answer,
@@ -33,15 +33,18 @@ from blobstore.http import (
     bounded_number,
     checked_key,
     error,
+    etag,
     request_body,
     require_utf8,
     storage_errors,
+    with_blob_headers,
     without_controls,
 )
 from blobstore.storage import BlobInfo, StreamingStorage, storages
-from blobstore.storage.base import DEFAULT_PAGE_SIZE
+from blobstore.storage.base import DEFAULT_PAGE_SIZE, Attributes
 
 MAX_PAGE_SIZE = 1000
+MAX_DELIMITER_LENGTH = 16
 OPEN_ATTEMPTS = 5
 """How often a GET looks again for a blob replaced between its record and its bytes."""
 RECORD_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodified-Since", "Range")
@@ -97,12 +100,26 @@ class BlobListView(APIView):
         prefix = without_controls("prefix", request.GET.get("prefix", ""))
         limit = _page_size(request.GET.get("limit"))
         after = _decode_cursor(request.GET.get("cursor"))
+        delimiter = _delimiter(request.GET.get("delimiter"))
         try:
-            infos = await storage().list_blobs(prefix, after=after, limit=limit)
+            if delimiter is None:
+                entries: list[BlobInfo | str] = [
+                    *await storage().list_blobs(prefix, after=after, limit=limit)
+                ]
+            else:
+                entries = await storage().list_folder(
+                    prefix, delimiter=delimiter, after=after, limit=limit
+                )
         except ValueError as invalid:
             raise BadRequest(400, str(invalid)) from invalid
-        cursor = _encode_cursor(infos[-1].key) if len(infos) == limit else None
-        return JsonResponse({"blobs": [_describe(info) for info in infos], "cursor": cursor})
+        last = entries[-1] if len(entries) == limit else None
+        page: dict[str, Any] = {
+            "blobs": [_describe(entry) for entry in entries if isinstance(entry, BlobInfo)],
+            "cursor": None if last is None else _encode_cursor(_entry_key(last)),
+        }
+        if delimiter is not None:
+            page["prefixes"] = [entry for entry in entries if isinstance(entry, str)]
+        return JsonResponse(page)
 
     head = get
 
@@ -135,7 +152,7 @@ class BlobView(APIView):
                     response["Content-Range"] = (
                         f"bytes {start}-{stream.stop - 1}/{stream.info.size}"
                     )
-                return _with_blob_headers(response, stream.info)
+                return with_blob_headers(response, stream.info)
             await stream.aclose()  # replaced since its record was read: look again
         raise BadRequest(409, f"The blob {key!r} kept changing while it was being read.")
 
@@ -146,19 +163,20 @@ class BlobView(APIView):
         conditional = _conditional(request, info)
         if conditional is not None:
             return conditional
-        response = HttpResponse(status=200, content_type=OCTET_STREAM)
+        response = HttpResponse(status=200)
         response["Content-Length"] = str(info.size)
-        return _with_blob_headers(response, info)
+        return with_blob_headers(response, info)
 
     async def put(self, request: HttpRequest, key: str) -> HttpResponse:
         store = storage()
         checked_key(key)
+        attributes = _attributes(request)
         limit = getattr(store, "max_object_size", None)
         async with request_body(request, limit) as body:
             with storage_errors():
-                created, info = await _write(request, store, key, body)
+                created, info = await _write(request, store, key, body, attributes)
         response = JsonResponse(_describe(info), status=201 if created else 200)
-        response["ETag"] = _etag(info)
+        response["ETag"] = etag(info)
         return response
 
     async def delete(self, request: HttpRequest, key: str) -> HttpResponse:
@@ -167,43 +185,83 @@ class BlobView(APIView):
 
 
 async def _write(
-    request: HttpRequest, store: StreamingStorage, key: str, body: AsyncIterator[bytes]
+    request: HttpRequest,
+    store: StreamingStorage,
+    key: str,
+    body: AsyncIterator[bytes],
+    attributes: Attributes,
 ) -> tuple[bool, BlobInfo]:
     """Store body under key as the request's preconditions allow; return (created, record)."""
     if_none_match = request.headers.get("If-None-Match")
     if_match = request.headers.get("If-Match")
+    write = functools.partial(
+        store.write,
+        content_type=attributes.content_type,
+        metadata=attributes.metadata,
+        expires=attributes.expires,
+    )
     if if_none_match is not None:
         if if_none_match.strip() != "*":
             raise BadRequest(400, "PUT accepts only 'If-None-Match: *' (create only).")
-        info = None if await store.exists(key) else await store.write(key, body, if_absent=True)
+        exists = await store.exists(key)
+        info = None if exists else await write(key, body, if_absent=True)
         if info is None:
             raise BadRequest(412, f"A blob with the key {key!r} exists already.")
         return True, info
     if if_match is not None:
         current = await store.stat(key)
         wanted = parse_etags(if_match)
-        if current is None or ("*" not in wanted and _etag(current) not in wanted):
+        if current is None or ("*" not in wanted and etag(current) not in wanted):
             raise BadRequest(412, "The blob does not match If-Match.")
-        info = await store.write(key, body, if_sha256=current.sha256)
+        info = await write(key, body, if_sha256=current.sha256)
         if info is None:
             raise BadRequest(412, "The blob changed while it was being replaced.")
         return False, info
     created = not await store.exists(key)
-    info = await store.write(key, body)
+    info = await write(key, body)
     assert info is not None  # an unconditional write always stores
     return created, info
 
 
 def _conditional(request: HttpRequest, info: BlobInfo) -> HttpResponse | None:
     response = get_conditional_response(
-        request, etag=_etag(info), last_modified=int(info.updated.timestamp())
+        request, etag=etag(info), last_modified=int(info.updated.timestamp())
     )
     if response is None:
         return None
     if response.status_code == 412:
         return error(412, "The blob does not match the request's preconditions.")
-    response["ETag"] = _etag(info)
+    response["ETag"] = etag(info)
     return response
+
+
+def _attributes(request: HttpRequest) -> Attributes:
+    """Return the content type, metadata and expiry that a PUT's headers give, or raise 400."""
+    metadata = {
+        name.removeprefix(META_HEADER_PREFIX).lower(): value
+        for name, value in request.headers.items()
+        if name.lower().startswith(META_HEADER_PREFIX.lower())
+    }
+    try:
+        return Attributes.validated(
+            request.headers.get("Content-Type") or None, metadata, _expires(request)
+        )
+    except (TypeError, ValueError) as invalid:
+        raise BadRequest(400, str(invalid)) from invalid
+
+
+def _expires(request: HttpRequest) -> datetime.datetime | None:
+    header = request.headers.get(EXPIRES_HEADER)
+    if header is None:
+        return None
+    seconds = parse_http_date_safe(header)
+    if seconds is None:
+        raise BadRequest(
+            400,
+            f"{EXPIRES_HEADER} must be an HTTP date such as 'Wed, 21 Oct 2026 07:28:00 GMT', "
+            f"not {abbreviated(header)!r}.",
+        )
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
 
 
 def _requested_range(request: HttpRequest, info: BlobInfo) -> tuple[int, int] | None:
@@ -237,31 +295,30 @@ def _requested_range(request: HttpRequest, info: BlobInfo) -> tuple[int, int] | 
     return start, stop
 
 
-def _with_blob_headers(response: HttpResponseBase, info: BlobInfo) -> HttpResponseBase:
-    filename = posixpath.basename(info.key) or "blob"
-    headers = {
-        **SAFE_HEADERS,
-        "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename, safe='')}",
-        "ETag": _etag(info),
-        "Last-Modified": http_date(info.updated.timestamp()),
-        "Accept-Ranges": "bytes",
-    }
-    for name, value in headers.items():
-        response[name] = value
-    return response
-
-
-def _etag(info: BlobInfo) -> str:
-    return f'"{info.sha256}"'
-
-
 def _describe(info: BlobInfo) -> dict[str, Any]:
     return {
         "key": info.key,
         "size": info.size,
         "sha256": info.sha256,
         "updated": info.updated.isoformat(),
+        "content_type": info.content_type,
+        "metadata": dict(info.metadata),
+        "expires": None if info.expires is None else info.expires.isoformat(),
     }
+
+
+def _entry_key(entry: BlobInfo | str) -> str:
+    return entry if isinstance(entry, str) else entry.key
+
+
+def _delimiter(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not 1 <= len(value) <= MAX_DELIMITER_LENGTH:
+        raise BadRequest(
+            400, f"delimiter must be 1 to {MAX_DELIMITER_LENGTH} characters, such as '/'."
+        )
+    return without_controls("delimiter", value)
 
 
 def _page_size(value: str | None) -> int:

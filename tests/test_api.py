@@ -109,7 +109,7 @@ class BlobRouteTests(APITestCase):
         self.assertEqual(response.content, b"<script>alert(1)</script>")
         self.assertEqual(response["Content-Type"], OCTETS)
         self.assertEqual(response["X-Content-Type-Options"], "nosniff")
-        self.assertEqual(response["Content-Disposition"], "attachment; filename*=UTF-8''page.html")
+        self.assertEqual(response["Content-Disposition"], 'attachment; filename="page.html"')
         self.assertIn("sandbox", response["Content-Security-Policy"])
         self.assertEqual(response["Content-Length"], "25")
         self.assertEqual(response["ETag"], etag(b"<script>alert(1)</script>"))

@@ -172,12 +172,22 @@ class SQLiteStorage(ChunkedStorage):
 
     async def _add_columns(self, db: aiosqlite.Connection) -> None:
         """Add the columns that a file made by an earlier blobstore lacks."""
+        if await self._missing_columns(db):
+            # Looked at again under the write lock: another process may be adding them too.
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for name in await self._missing_columns(db):
+                    await db.execute(f"ALTER TABLE blobs ADD COLUMN {name} {_ADDED_COLUMNS[name]}")
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+        await db.execute(_INDEXES)
+
+    @staticmethod
+    async def _missing_columns(db: aiosqlite.Connection) -> list[str]:
         columns = {row[1] for row in await db.execute_fetchall("PRAGMA table_info(blobs)")}
-        missing = [name for name in _ADDED_COLUMNS if name not in columns]
-        statements = [f"ALTER TABLE blobs ADD COLUMN {n} {_ADDED_COLUMNS[n]};" for n in missing]
-        await db.executescript(
-            f"BEGIN IMMEDIATE; {' '.join(statements)} {_INDEXES}; COMMIT;" if missing else _INDEXES
-        )
+        return [name for name in _ADDED_COLUMNS if name not in columns]
 
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """Return the blob for key, or default when there is none."""
