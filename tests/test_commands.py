@@ -303,6 +303,22 @@ class ListAndRemoveTests(CommandTestCase):
             out, _ = blobstore("ls")
         self.assertEqual(out.splitlines(), sorted(self.KEYS))
 
+    def test_ls_by_folder(self) -> None:
+        root = blobstore("ls", "--delimiter", "/")[0].splitlines()
+        self.assertEqual(root, ["A/", "a", "a/", "ab", "b", "é"])
+        listed = blobstore("ls", "--prefix", "a/", "--delimiter", "/")[0].splitlines()
+        self.assertEqual(listed, ["a/1", "a/2", "a/2/"])
+        with mock.patch.object(command_module, "PAGE_SIZE", 1):
+            paged = blobstore("ls", "--prefix", "a/", "--delimiter", "/")[0].splitlines()
+        self.assertEqual(paged, listed)
+        long = blobstore("ls", "-l", "--prefix", "a/", "--delimiter", "/")[0].splitlines()
+        self.assertEqual(long[-1].split(), ["PRE", "a/2/"])
+        self.assertEqual(long[-1].index("a/2/"), long[0].index("a/1"))
+
+    def test_ls_refuses_an_empty_delimiter(self) -> None:
+        with self.assertRaisesMessage(CommandError, "delimiter must be a non-empty str"):
+            blobstore("ls", "--delimiter", "")
+
     def test_ls_long(self) -> None:
         blobstore("put", "a/big", str(self.source))
         out, _ = blobstore("ls", "--long", "--prefix", "a/")

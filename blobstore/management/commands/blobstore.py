@@ -144,9 +144,14 @@ class Command(BaseCommand):
             "ls",
             "List the keys of a storage.",
             "Print the keys of a storage in key order (by code point), one a line; with --long, "
-            "each key's size in bytes, update time (UTC) and SHA-256 before it.",
+            "each key's size in bytes, update time (UTC) and SHA-256 before it. With --delimiter, "
+            "only the keys directly under the prefix, and each folder below it once.",
         )
         ls.add_argument("--prefix", default="", help="Only keys that start with PREFIX.")
+        ls.add_argument(
+            "--delimiter",
+            help="Show the keys under the prefix as folders split by DELIMITER (such as /).",
+        )
         ls.add_argument(
             "-l", "--long", action="store_true", help="Print size, updated time and SHA-256."
         )
@@ -410,13 +415,17 @@ class Command(BaseCommand):
 
     async def list_keys(self, options: dict[str, Any]) -> None:
         store = self.listing_storage(options["storage"])
-        async for info in _every_blob(store, options["prefix"]):
-            if options["long"]:
-                self.stdout.write(
-                    f"{info.size:>14}  {_timestamp(info.updated)}  {info.sha256}  {info.key}"
-                )
-            else:
-                self.stdout.write(info.key)
+        prefix, delimiter = options["prefix"], options["delimiter"]
+        try:
+            entries = (
+                _every_blob(store, prefix)
+                if delimiter is None
+                else _every_entry(store, prefix, delimiter)
+            )
+            async for entry in entries:
+                self.stdout.write(_listed(entry, long=options["long"]))
+        except ValueError as invalid:
+            raise CommandError(str(invalid)) from invalid
 
     async def remove(self, options: dict[str, Any]) -> None:
         keys = [_checked_key(key) for key in options["keys"]]  # all checked before any goes
@@ -691,6 +700,29 @@ async def _every_blob(store: ListingStorage, prefix: str) -> AsyncIterator[BlobI
         if len(page) < PAGE_SIZE:
             return
         after = page[-1].key
+
+
+async def _every_entry(
+    store: ListingStorage, prefix: str, delimiter: str
+) -> AsyncIterator[BlobInfo | str]:
+    """Yield the blobs directly under prefix and its folders, in key order, page by page."""
+    after = ""
+    while True:
+        page = await store.list_folder(prefix, delimiter=delimiter, after=after, limit=PAGE_SIZE)
+        for entry in page:
+            yield entry
+        if len(page) < PAGE_SIZE:
+            return
+        last = page[-1]
+        after = last if isinstance(last, str) else last.key
+
+
+def _listed(entry: BlobInfo | str, *, long: bool) -> str:
+    if isinstance(entry, str):
+        return f"{'PRE':>102}  {entry}" if long else entry
+    if long:
+        return f"{entry.size:>14}  {_timestamp(entry.updated)}  {entry.sha256}  {entry.key}"
+    return entry.key
 
 
 async def _check(store: StreamingStorage, key: str, progress: Progress) -> tuple[int, str] | None:
