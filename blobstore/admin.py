@@ -10,18 +10,25 @@ from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.template.defaultfilters import filesizeformat
 from django.template.loader import render_to_string
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.http import urlencode
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from blobstore.admin_forms import BlobAddForm, BlobChangeForm, size_in_bytes
-from blobstore.admin_list import BlobPaginator, SizeListFilter
+from blobstore.admin_list import (
+    BlobPaginator,
+    FolderListFilter,
+    SizeListFilter,
+    folder_breadcrumbs,
+    is_folder,
+)
 from blobstore.admin_views import (
     blob_storage,
     download_response,
@@ -33,9 +40,12 @@ from blobstore.admin_views import (
 )
 from blobstore.models import APIToken, Blob
 from blobstore.preview import PREVIEW_BYTES, make_preview
-from blobstore.storage.base import prefix_end
+from blobstore.storage.base import Attributes, prefix_end
 
-METADATA_FIELDS = ["id", "key", "size", "sha256", "created", "updated"]
+METADATA_FIELDS = [
+    *("id", "key", "size", "sha256", "created", "updated"),
+    *("content_type", "metadata", "expires"),
+]
 """The columns of a Blob row that admin pages read: all but the data."""
 
 
@@ -43,8 +53,8 @@ METADATA_FIELDS = ["id", "key", "size", "sha256", "created", "updated"]
 class BlobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     """Browse blobs without loading their data; add, replace and delete them through storage."""
 
-    list_display = ["key", "human_size", "short_digest", "updated"]
-    list_filter = [SizeListFilter, "updated"]
+    list_display = ["key", "human_size", "short_digest", "updated", "content_type"]
+    list_filter = [FolderListFilter, SizeListFilter, "updated"]
     search_fields = ["key"]  # matched as a prefix, by get_search_results
     search_help_text = _("Shows the blobs whose keys start with this text (case-sensitive).")
     paginator = BlobPaginator
@@ -56,8 +66,9 @@ class BlobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     fieldsets = [
         (None, {"fields": ["key", "size_in_bytes", "sha256", "created", "updated", "preview"]}),
     ]
+    attributes_fieldset = (_("Attributes"), {"fields": ["content_type", "metadata", "expires"]})
     replace_fieldset = (_("Replace"), {"fields": ["file"]})
-    add_fieldsets = [(None, {"fields": ["file", "key", "overwrite"]})]
+    add_fieldsets = [(None, {"fields": ["file", "key", "overwrite"]}), attributes_fieldset]
     delete_confirmation_max_display = 100  # Django 6.1 and later: "delete selected" of many
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Blob]:
@@ -116,8 +127,8 @@ class BlobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if obj is None:
             return self.add_fieldsets
         if self.has_change_permission(request, obj):
-            return [*self.fieldsets, self.replace_fieldset]
-        return self.fieldsets
+            return [*self.fieldsets, self.attributes_fieldset, self.replace_fieldset]
+        return [*self.fieldsets, self.attributes_fieldset]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Blob | None = None) -> Any:
         return [] if obj is None else self.readonly_fields
@@ -129,16 +140,47 @@ class BlobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             kwargs = {"form": self.add_form, **kwargs}
         return super().get_form(request, obj, change, **kwargs)
 
+    def changelist_view(
+        self, request: HttpRequest, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        folder = request.GET.get(FolderListFilter.parameter_name, "")
+        crumbs = folder_breadcrumbs(folder) if folder and is_folder(folder) else []
+        context = {
+            "folder_crumbs": [
+                (name, f"?{urlencode({'folder': path})}" if path else "?") for name, path in crumbs
+            ],
+            **(extra_context or {}),
+        }
+        return super().changelist_view(request, context)
+
     def save_model(self, request: HttpRequest, obj: Blob, form: Any, change: bool) -> None:
-        """Store the uploaded file, if any, under the blob's key."""
+        """Store the uploaded file, if any, under the blob's key, or its changed attributes."""
         upload = form.cleaned_data.get("file")
-        if upload is None:  # a change form saved without a file changes nothing
+        attributes = form.attributes
+        if upload is None:  # a change form saved without a file keeps the data
+            if form.has_changed():
+                self._change_attributes(obj, attributes)
             return
         store = form.storage
-        async_to_sync(store.write)(obj.key, upload_chunks(upload))
+        async_to_sync(store.write)(
+            obj.key,
+            upload_chunks(upload),
+            content_type=attributes.content_type,
+            metadata=attributes.metadata,
+            expires=attributes.expires,
+        )
         if not change:  # the admin goes on to the new blob's page
             blobs = self.get_queryset(request).using(store.using)
             obj.pk = blobs.values_list("pk", flat=True).get(key=obj.key)
+
+    def _change_attributes(self, obj: Blob, attributes: Attributes) -> None:
+        # Only the version the form showed: one replaced meanwhile keeps its own.
+        Blob.objects.using(obj._state.db).filter(pk=obj.pk, sha256=obj.sha256).update(
+            content_type=attributes.content_type,
+            metadata=attributes.metadata,
+            expires=attributes.expires,
+            updated=timezone.now(),
+        )
 
     def delete_model(self, request: HttpRequest, obj: Blob) -> None:
         async_to_sync(blob_storage(obj._state.db).evict)(obj.key)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from asgiref.sync import async_to_sync
 from django import forms
@@ -18,17 +19,51 @@ from django.utils.translation import gettext_lazy as _
 from blobstore.admin_views import blob_storage
 from blobstore.models import Blob
 from blobstore.storage import MAX_KEY_LENGTH, ORMStorage
-from blobstore.storage.base import validate_key
+from blobstore.storage.base import (
+    MAX_CONTENT_TYPE_LENGTH,
+    OCTET_STREAM,
+    Attributes,
+    validate_content_type,
+    validate_expires,
+    validate_key,
+    validate_metadata,
+)
+
+T = TypeVar("T")
 
 
 class BlobUploadForm(forms.ModelForm):  # type: ignore[type-arg]
-    """Take a file for a blob, refusing one over the storage's size limit."""
+    """Take a file for a blob, refusing one over the storage's size limit, and its attributes."""
 
     file = forms.FileField(label=_("File"), allow_empty_file=True)
+    content_type = forms.CharField(
+        label=_("Content type"),
+        required=False,
+        max_length=MAX_CONTENT_TYPE_LENGTH,
+        help_text=_("A media type such as image/png; empty means application/octet-stream."),
+    )
 
     class Meta:
         model = Blob
-        fields: list[str] = []
+        fields: list[str] = ["content_type", "metadata", "expires"]
+
+    def clean_content_type(self) -> str:
+        return _checked(validate_content_type, self.cleaned_data["content_type"] or None)
+
+    def clean_metadata(self) -> dict[str, str]:
+        return _checked(validate_metadata, self.cleaned_data["metadata"])
+
+    def clean_expires(self) -> Any:
+        expires = self.cleaned_data["expires"]
+        if "expires" not in self.changed_data:
+            return expires  # an expiry kept as it was may have passed meanwhile
+        return _checked(validate_expires, expires)
+
+    @property
+    def attributes(self) -> Attributes:
+        """Return the content type, metadata and expiry the form was given."""
+        cleaned = self.cleaned_data
+        return Attributes(cleaned["content_type"], cleaned["metadata"], cleaned["expires"])
 
     @property
     def storage(self) -> ORMStorage:
@@ -66,13 +101,22 @@ class BlobAddForm(BlobUploadForm):
         ),
     )
 
+    content_type = forms.CharField(
+        label=_("Content type"),
+        required=False,
+        max_length=MAX_CONTENT_TYPE_LENGTH,
+        help_text=_("Leave empty to use the type that the browser gives the file."),
+    )
+
     class Meta(BlobUploadForm.Meta):
-        fields = ["key"]
+        fields = ["key", *BlobUploadForm.Meta.fields]
 
     def clean(self) -> dict[str, Any]:
         super().clean()
         cleaned = self.cleaned_data
         upload = cleaned.get("file")
+        if upload is not None and not self.data.get("content_type"):
+            cleaned["content_type"] = _browser_type(upload)
         if upload is None or "key" not in cleaned:
             return cleaned
         key = cleaned["key"] = cleaned["key"] or upload.name or ""
@@ -118,6 +162,22 @@ class BlobChangeForm(BlobUploadForm):
         allow_empty_file=True,
         help_text=_("Upload a file to store it under this key in place of the current data."),
     )
+
+
+def _browser_type(upload: UploadedFile[bytes]) -> str:
+    """Return the media type the browser gave upload, or the default if it gave none fit."""
+    try:
+        return validate_content_type(upload.content_type or None)
+    except ValueError:
+        return OCTET_STREAM
+
+
+def _checked(validate: Callable[[Any], T], value: Any) -> T:
+    """Return what validate makes of value, its TypeError or ValueError as a form error."""
+    try:
+        return validate(value)
+    except (TypeError, ValueError) as invalid:
+        raise ValidationError(str(invalid), code="invalid") from invalid
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f]")

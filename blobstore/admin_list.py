@@ -1,4 +1,4 @@
-"""The blob changelist's totals, paginator and size filter, fit for tables of many rows."""
+"""The blob changelist's totals, paginator, size and folder filters, fit for many rows."""
 
 from __future__ import annotations
 
@@ -7,18 +7,22 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.paginator import EmptyPage, Page, PageNotAnInteger, Paginator
 from django.db import connections
 from django.db.models import Count, QuerySet, Sum
+from django.db.models.functions import Substr
 from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
 from django.utils.formats import number_format
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from blobstore.admin_views import blob_storage
 from blobstore.models import Blob
+from blobstore.storage.base import prefix_end, validate_listing
 
 ESTIMATE_ABOVE = 10_000
 """On PostgreSQL, an unfiltered list of at least this many blobs gets estimated totals."""
@@ -163,3 +167,66 @@ def size_range(value: str) -> tuple[int, int | None]:
         raise IncorrectLookupParameters(f"Not a size range: {value[:50]!r}")
     low, high = bounds.groups()
     return min(int(low), MAX_ROWS), min(int(high), MAX_ROWS) if high else None
+
+
+FOLDER_DELIMITER = "/"
+MAX_FOLDER_CHOICES = 100
+"""How many sub-folders the folder filter offers at once."""
+
+
+class FolderListFilter(admin.SimpleListFilter):
+    """Browse keys as folders split by "/": ``?folder=a/b/`` lists the blobs directly in it."""
+
+    title = _("folder")
+    parameter_name = "folder"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        """Offer the folders directly in the one shown, or at the top."""
+        store = blob_storage(model_admin.get_queryset(request).db)
+        folder = self.folder()
+        entries = async_to_sync(store.list_folder)(
+            folder, delimiter=FOLDER_DELIMITER, limit=MAX_FOLDER_CHOICES
+        )
+        return [(name, name.removeprefix(folder)) for name in entries if isinstance(name, str)]
+
+    def has_output(self) -> bool:
+        # Django applies only the filters it shows: a folder without sub-folders is one.
+        return True
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Blob]) -> QuerySet[Blob] | None:
+        folder = self.folder()
+        if not folder:
+            return None
+        blobs = queryset.filter(key__gte=folder)
+        end = prefix_end(folder)
+        if end is not None:
+            blobs = blobs.filter(key__lt=end)
+        # Keys in sub-folders hold the delimiter after the folder's name.
+        rest = Substr("key", len(folder) + 1)
+        return blobs.alias(rest=rest).exclude(rest__contains=FOLDER_DELIMITER)
+
+    def folder(self) -> str:
+        """Return the folder shown, or "" for the top."""
+        value = self.value() or ""
+        if value and not is_folder(value):
+            raise IncorrectLookupParameters(f"Not a folder: {value[:50]!r}")
+        return value
+
+
+def is_folder(text: str) -> bool:
+    """Return whether text names a folder: a prefix that ends with the delimiter."""
+    try:
+        validate_listing(text, "", 1)
+    except ValueError:
+        return False
+    return text.endswith(FOLDER_DELIMITER)
+
+
+def folder_breadcrumbs(folder: str) -> list[tuple[str, str]]:
+    """Return (name, folder) for the top and for each folder down to folder."""
+    crumbs = [(str(_("All folders")), "")]
+    path = ""
+    for name in folder.split(FOLDER_DELIMITER)[:-1]:
+        path += name + FOLDER_DELIMITER
+        crumbs.append((name or FOLDER_DELIMITER, path))
+    return crumbs
