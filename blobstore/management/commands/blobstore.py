@@ -202,10 +202,12 @@ class Command(BaseCommand):
 
         purge = add(
             "purge",
-            "Delete the chunks of abandoned uploads.",
-            "Delete the chunk rows of uploads that stopped before they were stored (a process "
-            "killed mid-upload leaves them; no blob names them), in bounded batches. Uploads "
-            "still under way keep theirs: only uploads idle for --older-than seconds go.",
+            "Delete expired blobs and the chunks of abandoned uploads.",
+            "Delete the blobs whose expiry time has passed, and the chunk rows of uploads that "
+            "stopped before they were stored (a process killed mid-upload leaves them; no blob "
+            "names them), in bounded batches, each a transaction of its own: safe to run from "
+            "cron while the site serves. Uploads still under way keep their chunks: only uploads "
+            "idle for --older-than seconds go.",
         )
         storage_option(purge)
         purge.add_argument(
