@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from django.test import SimpleTestCase
 from playwright.sync_api import Browser, Download, Playwright, expect, sync_playwright
 
 from tests.browser import launch_chromium, screenshot
 from tests.images import png
 from tests.live import LiveSite
+
+pytestmark = pytest.mark.heavy  # once per test run: see tests/conftest.py
 
 README = b"Hello from blobstore.\nThis is a text blob.\n"
 GUIDE = b"# Guide\n\nRead me.\n"

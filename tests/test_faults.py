@@ -24,10 +24,13 @@ from urllib.parse import quote
 import dj_database_url
 import httpx
 import psycopg
+import pytest
 
 from blobstore.storage.chunked import CHUNK_SIZE
 from tests.live import LiveAPITestCase, postgres_database
 from tests.settings import POSTGRES_URL
+
+pytestmark = pytest.mark.heavy  # once per test run: see tests/conftest.py
 
 # Persistent connections with health checks, as the demo site's settings have them.
 PERSISTENT_CONNECTIONS = (

@@ -32,8 +32,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import psycopg
+import pytest
 from django.conf import settings
 from django.test import SimpleTestCase
+
+pytestmark = pytest.mark.heavy  # once per test run: see tests/conftest.py
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024

@@ -16,10 +16,13 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import httpx
+import pytest
 
 from blobstore.storage.chunked import CHUNK_SIZE
 from tests.live import LiveAPITestCase, postgres_database
 from tests.settings import POSTGRES_URL
+
+pytestmark = pytest.mark.heavy  # once per test run: see tests/conftest.py
 
 SIZE = 5 * CHUNK_SIZE + 777
 

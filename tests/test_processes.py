@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psycopg
+import pytest
 from django.conf import settings
 from django.test import SimpleTestCase
 
 from tests.writer import SHARED_KEY, blob_for
+
+pytestmark = pytest.mark.heavy  # once per test run: see tests/conftest.py
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 4

@@ -18,10 +18,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import psycopg
+import pytest
 from django.test import SimpleTestCase
 
 from blobstore.storage.chunked import CHUNK_SIZE
 from tests.races_site import RaceSite, failure, postgres_database, sha256
+
+pytestmark = pytest.mark.heavy  # once per test run: see tests/conftest.py
 
 MIB = 1024 * 1024
 ROUNDS, WIDTH, SHARED_KEYS = 5, 32, 2
