@@ -134,6 +134,7 @@ class NewProjectSQLiteWriteTests(RaceTestCase):
                 got = await self.read_back(http, key)
                 if digests and got not in digests:
                     unread[key] = got
+        print(f"\n{type(self).__name__}: {rounds * width} writes of {size} bytes: {dict(statuses)}")
         self.assertEqual(
             (errors, unread),
             (Counter(), {}),
@@ -190,6 +191,7 @@ class PostgreSQLPutDeleteRaceTests(RaceTestCase):
                 if got != row_sha256 or got not in digests:
                     broken[row_key] = f"row says {row_sha256}, GET gives {got}"
         total = sum(answers.values())
+        print(f"\n{type(self).__name__}: {total} requests {dict(answers)}, {orphans} orphans")
         self.assertEqual(
             (errors, orphans, broken),
             (Counter(), 0, {}),
@@ -237,6 +239,7 @@ class NewProjectSQLiteCancelledReplaceTests(RaceTestCase):
                         raise
                     outcomes["the server died"] += 1
                     break
+        print(f"\n{type(self).__name__}: {outcomes.total()} cancelled replaces: {dict(outcomes)}")
         self.assertEqual(
             outcomes.keys() - {"old blob whole", "new blob whole"},
             set(),
