@@ -286,6 +286,24 @@ class AdminInBrowserTests(SimpleTestCase):
         self.page.click("input[type=submit]")
         expect(self.page.locator(".messagelist")).to_contain_text("deleted successfully")
 
+    def test_browse_by_folder_and_edit_a_blobs_attributes(self) -> None:
+        self.log_in()
+        self.page.goto("/admin/blobstore/blob/")
+        self.page.get_by_role("link", name="docs/", exact=True).click()
+        self.assertEqual(sorted(self.listed()), ["docs/guide.md", "docs/readme.txt"])
+        expect(self.page.locator(".blob-folder")).to_contain_text("All folders")
+        screenshot(self.page, "changelist-folder")
+        self.page.locator(".blob-folder").get_by_role("link", name="All folders").click()
+        self.assertIn("images/logo.png", self.listed())
+        self.open_blob("docs/guide.md")
+        self.page.fill("#id_content_type", "text/markdown")
+        self.page.fill("#id_metadata", '{"owner": "docs-team"}')
+        self.page.click("input[name=_continue]")
+        expect(self.page.locator(".messagelist")).to_contain_text("changed successfully")
+        expect(self.page.locator("#id_content_type")).to_have_value("text/markdown")
+        expect(self.page.locator("#id_metadata")).to_contain_text("docs-team")
+        screenshot(self.page, "change-attributes")
+
 
 def file(name: str, data: bytes) -> Any:
     """Describe a file for Playwright's set_input_files."""
