@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import zipfile
 from collections.abc import AsyncIterator, Iterable
 
@@ -12,7 +13,13 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.http import content_disposition_header
 
-from blobstore.http import OCTET_STREAM, SAFE_HEADERS, closing_chunks
+from blobstore.http import (
+    OCTET_STREAM,
+    SAFE_HEADERS,
+    closing_chunks,
+    download_name,
+    keep_out_of_shared_caches,
+)
 from blobstore.models import Blob
 from blobstore.preview import image_type
 from blobstore.storage import BlobInfo, BlobStream, ORMStorage, storages
@@ -93,23 +100,62 @@ def zip_response(store: ORMStorage, keys: list[str]) -> StreamingHttpResponse:
     return response
 
 
-def download_name(key: str) -> str:
-    """Return the file name to save a blob as: the last segment of its key."""
-    return key.rstrip("/").rsplit("/", 1)[-1] or "blob"
-
-
 def zip_entry_names(keys: Iterable[str]) -> list[str]:
-    """Return, for each key, a zip entry name that extracts inside the target folder.
+    """Return, for each key, a zip entry name that extracts as its own file on any system.
 
-    Keys are not paths: "/" or "..", empty and "." segments, and backslashes
-    (a separator on Windows) would let an archive write outside the folder it
-    is extracted into, so those segments become "_".
+    Keys are not paths: "/" or "..", empty and "." segments, backslashes (a
+    separator on Windows) and drive letters would let an archive write
+    outside the folder it is extracted into; control characters and the
+    characters Windows refuses would stop it; and two keys may differ only
+    where names cannot (letter case, a trailing dot). Each name keeps the
+    key's "/" structure, with such segments made safe, and a number where it
+    would meet another name.
     """
-    names = []
+    names: list[str] = []
+    files: set[str] = set()
+    folders: set[str] = set()
     for key in keys:
-        segments = key.replace("\\", "/").split("/")
-        names.append("/".join("_" if s in ("", ".", "..") else s for s in segments))
+        segments = [_safe_segment(segment) for segment in key.replace("\\", "/").split("/")]
+        original = list(segments)
+        number = 1
+        while (at := _clash(segments, files, folders)) is not None:
+            number += 1
+            segments[at] = _numbered(original[at], number)
+        name = "/".join(segments)
+        names.append(name)
+        files.add(name.casefold())
+        folders.update("/".join(segments[:end]).casefold() for end in range(1, len(segments)))
     return names
+
+
+def _clash(segments: list[str], files: set[str], folders: set[str]) -> int | None:
+    """Return the index of the segment that meets another entry's name, or None."""
+    for end in range(1, len(segments)):
+        if "/".join(segments[:end]).casefold() in files:
+            return end - 1  # a folder of this name would be another entry's file
+    name = "/".join(segments).casefold()
+    return len(segments) - 1 if name in files or name in folders else None
+
+
+def _numbered(segment: str, number: int) -> str:
+    stem, dot, extension = segment.rpartition(".")
+    return f"{stem} ({number}).{extension}" if dot and stem else f"{segment} ({number})"
+
+
+_UNSAFE_IN_NAMES = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
+_WINDOWS_DEVICES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10))}
+)
+
+
+def _safe_segment(segment: str) -> str:
+    # Windows drops trailing dots and spaces, which would make ".." of "... ".
+    safe = _UNSAFE_IN_NAMES.sub("_", segment).rstrip(". ")
+    if not safe:
+        return "_"
+    if safe.partition(".")[0].upper() in _WINDOWS_DEVICES:
+        return f"_{safe}"
+    return safe
 
 
 async def zip_chunks(store: ORMStorage, keys: list[str]) -> AsyncIterator[bytes]:
@@ -174,3 +220,4 @@ def _streamed(stream: BlobStream, content_type: str, csp: str) -> StreamingHttpR
 def _protect(response: StreamingHttpResponse, csp: str) -> None:
     for name, value in {**SAFE_HEADERS, "Content-Security-Policy": csp}.items():
         response[name] = value
+    keep_out_of_shared_caches(response)  # the admin's pages are a staff user's own

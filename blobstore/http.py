@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import posixpath
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from urllib.parse import unquote_to_bytes
 from django.core.exceptions import SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import content_disposition_header, http_date
 
 from blobstore.asgi import RECEIVE_KEY
@@ -85,6 +85,15 @@ async def answer(
     request: HttpRequest, view: Callable[[], Awaitable[HttpResponseBase]]
 ) -> HttpResponseBase:
     """Return view's response, or the JSON error that its refusal or a storage fault means."""
+    response = await _answer(request, view)
+    # JSON and blobs alike: a browser must never sniff a page out of them.
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+async def _answer(
+    request: HttpRequest, view: Callable[[], Awaitable[HttpResponseBase]]
+) -> HttpResponseBase:
     try:
         return await view()
     except BadRequest as bad:
@@ -253,10 +262,23 @@ def with_blob_headers(response: HttpResponseBase, info: BlobInfo) -> HttpRespons
 
 def content_disposition(info: BlobInfo) -> str:
     """Return the Content-Disposition of info: inline only for a passive type the site opened."""
-    filename = posixpath.basename(info.key) or "blob"
     media_type = info.content_type.partition(";")[0].strip()
     inline = media_type in PASSIVE_TYPES and media_type in conf.BLOBSTORE_INLINE_TYPES
-    return content_disposition_header(not inline, filename) or "attachment"
+    return content_disposition_header(not inline, download_name(info.key)) or "attachment"
+
+
+def download_name(key: str) -> str:
+    """Return the file name to save a blob as: the last segment of its key."""
+    return key.rstrip("/").rsplit("/", 1)[-1] or "blob"
+
+
+def keep_out_of_shared_caches(response: HttpResponseBase) -> None:
+    """Mark response, made for one user, as for that user's own cache only.
+
+    ``no-cache`` still lets the browser keep it and revalidate it (304).
+    """
+    patch_cache_control(response, private=True, no_cache=True)
+    patch_vary_headers(response, ("Authorization", "Cookie"))
 
 
 def etag(info: BlobInfo) -> str:

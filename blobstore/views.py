@@ -34,6 +34,7 @@ from blobstore.http import (
     checked_key,
     error,
     etag,
+    keep_out_of_shared_caches,
     request_body,
     require_utf8,
     storage_errors,
@@ -75,12 +76,13 @@ class APIView(View):
         async def view() -> HttpResponse:
             try:
                 require_utf8(request)
-                if method != "OPTIONS":
-                    await authorize(request, method)
+                user = None if method == "OPTIONS" else await authorize(request, method)
                 response: HttpResponse = await handler(request, *args, **kwargs)
-                return response
             except AccessDenied as denied:
                 return error(denied.status, denied.message)
+            if user is not None and user.is_authenticated:
+                keep_out_of_shared_caches(response)
+            return response
 
         return await answer(request, view)  # type: ignore[return-value]
 
@@ -267,9 +269,12 @@ def _expires(request: HttpRequest) -> datetime.datetime | None:
 def _requested_range(request: HttpRequest, info: BlobInfo) -> tuple[int, int] | None:
     """Return the [start, stop) of a single satisfiable byte range, or None for the whole blob."""
     header = request.headers.get("Range")
-    if header is None or not header.startswith("bytes="):
-        return None  # no range, or a unit we do not serve: the whole blob (RFC 9110 §14.2)
-    specs = header.removeprefix("bytes=").split(",")
+    if header is None or not _if_range_holds(request, info):
+        return None
+    unit, _, ranges = header.partition("=")
+    if unit.strip().lower() != "bytes":
+        return None  # a unit we do not serve: the whole blob (RFC 9110 §14.2)
+    specs = ranges.split(",")
     if len(specs) > 1:
         return None  # several ranges: the whole blob, rather than multipart
     first, dash, last = specs[0].strip().partition("-")
@@ -293,6 +298,21 @@ def _requested_range(request: HttpRequest, info: BlobInfo) -> tuple[int, int] | 
     if start >= info.size or stop <= start:
         raise unsatisfiable
     return start, stop
+
+
+def _if_range_holds(request: HttpRequest, info: BlobInfo) -> bool:
+    """Return whether a Range may be served: If-Range is absent or names this version.
+
+    Otherwise a download that resumes would splice two versions (RFC 9110 §13.1.5).
+    """
+    validator = request.headers.get("If-Range")
+    if validator is None:
+        return True
+    validator = validator.strip()
+    if validator.startswith('"'):
+        return validator == etag(info)  # a strong comparison; a weak tag never matches
+    since = parse_http_date_safe(validator)
+    return since is not None and int(info.updated.timestamp()) == since
 
 
 def _describe(info: BlobInfo) -> dict[str, Any]:

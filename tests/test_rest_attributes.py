@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from typing import Any
 
@@ -173,3 +174,39 @@ class InlineTypesCheckTests(SimpleTestCase):
                 self.assertIn(repr(setting), error.msg)
         with override_settings(BLOBSTORE_INLINE_TYPES=["image/png", "text/plain"]):
             self.assertEqual(check_inline_types(), [])
+
+
+class HTTPDetailTests(APITestCase):
+    async def test_authenticated_answers_stay_out_of_shared_caches(self) -> None:
+        await self.put("k", b"0123456789")
+        for path in ("/blobs/k", "/blobs/"):
+            response = await self.get(path)
+            self.assertEqual(response["Cache-Control"], "private, no-cache")
+            self.assertIn("Authorization", response["Vary"])
+        revalidated = await self.get("/blobs/k", **{"If-None-Match": response_etag(b"0123456789")})
+        self.assertEqual(revalidated.status_code, 304)
+
+    async def test_json_answers_are_never_sniffed(self) -> None:
+        for response in (await self.get("/blobs/"), await self.get("/blobs/missing")):
+            self.assertEqual(response["X-Content-Type-Options"], "nosniff")
+
+    async def test_range_unit_is_case_insensitive(self) -> None:
+        await self.put("k", b"0123456789")
+        response = await self.get("/blobs/k", Range="Bytes=2-4")
+        self.assertEqual((response.status_code, response.content), (206, b"234"))
+
+    async def test_if_range_serves_the_range_only_for_the_same_version(self) -> None:
+        await self.put("k", b"0123456789")
+        same = await self.get(
+            "/blobs/k", Range="bytes=2-4", **{"If-Range": response_etag(b"0123456789")}
+        )
+        self.assertEqual((same.status_code, same.content), (206, b"234"))
+        await self.put("k", b"abcdefghij")
+        other = await self.get(
+            "/blobs/k", Range="bytes=2-4", **{"If-Range": response_etag(b"0123456789")}
+        )
+        self.assertEqual((other.status_code, other.content), (200, b"abcdefghij"))
+
+
+def response_etag(data: bytes) -> str:
+    return f'"{hashlib.sha256(data).hexdigest()}"'
