@@ -61,8 +61,13 @@ def check_access(**kwargs: Any) -> list[CheckMessage]:
 
 @register()
 def check_proxystore(**kwargs: Any) -> list[CheckMessage]:
-    """Report a BLOBSTORE_PROXYSTORE that is not a dict, or holds a bad UUID or client."""
-    from blobstore.contrib.proxystore import allowed_networks, endpoint_uuid
+    """Report a BLOBSTORE_PROXYSTORE that is not a dict, or holds a bad value."""
+    from blobstore.contrib.proxystore import (
+        allowed_networks,
+        endpoint_uuid,
+        key_prefix,
+        storage_alias,
+    )
 
     setting = conf.BLOBSTORE_PROXYSTORE
     if not isinstance(setting, dict):
@@ -70,7 +75,7 @@ def check_proxystore(**kwargs: Any) -> list[CheckMessage]:
             Error(f"BLOBSTORE_PROXYSTORE must be a dict, not {setting!r}.", id="blobstore.E008")
         ]
     errors: list[CheckMessage] = []
-    for read in (endpoint_uuid, allowed_networks):
+    for read in (endpoint_uuid, allowed_networks, key_prefix, storage_alias):
         try:
             read()
         except ImproperlyConfigured as error:
