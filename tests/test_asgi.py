@@ -41,7 +41,10 @@ class ShortPathTestCase(TestCase):
             self.addCleanup(signal.connect, close_old_connections)
 
     def http(self, host: str = "localhost", app: Any = None) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(app=app or get_asgi_application(), client=("127.0.0.1", 1))
+        transport = httpx.ASGITransport(
+            app=app or get_asgi_application(),  # type: ignore[arg-type]  # httpx: MutableMapping
+            client=("127.0.0.1", 1),
+        )
         return httpx.AsyncClient(
             transport=transport,
             base_url=f"http://{host}",
@@ -169,7 +172,8 @@ class DisconnectTests(ShortPathTestCase):
         opened = ORMStorage.stream
 
         async def counting_stream(self: ORMStorage, *args: Any, **kwargs: Any) -> BlobStream:
-            stream: BlobStream = await opened(self, *args, **kwargs)
+            stream = await opened(self, *args, **kwargs)
+            assert stream is not None
             chunks = aiter(stream)
 
             async def counted() -> AsyncIterator[bytes]:

@@ -117,7 +117,7 @@ class DoorTests(SimpleTestCase):
         self.assertNotEqual(str(endpoint_uuid()), foreign)
         before = blobs()
         async with self.http() as http:
-            for what, method, path, body in [
+            cases: list[tuple[str, str, str, bytes | AsyncIterator[bytes] | None]] = [
                 ("empty body", "POST", "/set?key=k", b""),
                 ("empty chunked body", "POST", "/set?key=k", empty_chunks()),
                 ("no key", "POST", "/set", b"x"),
@@ -125,7 +125,8 @@ class DoorTests(SimpleTestCase):
                 ("no key", "GET", "/exists", None),
                 ("no key", "POST", "/evict", None),
                 ("malformed endpoint", "GET", "/get?key=kept&endpoint=nope", None),
-            ]:
+            ]
+            for what, method, path, body in cases:
                 with self.subTest(what, method=method, path=path):
                     response = await http.request(method, path, content=body)
                     self.assertEqual(response.status_code, 400, response.text)
@@ -154,7 +155,8 @@ class DoorTests(SimpleTestCase):
 
 async def empty_chunks() -> AsyncIterator[bytes]:
     """Yield nothing, so that httpx sends an empty chunked body."""
-    for chunk in ():
+    chunks: tuple[bytes, ...] = ()
+    for chunk in chunks:
         yield chunk
 
 
