@@ -7,10 +7,10 @@ Use it in the site's ``asgi.py`` instead of Django's::
     application = get_asgi_application()
 
 :class:`ASGIHandler` is Django's own handler: every request is built, sent,
-logged, cancelled when its client hangs up and finished (``request_started``,
-``request_finished``) as Django does it. A request whose URL resolves to a
-blobstore API view (``blobstore.urls``, ``blobstore.contrib.proxystore.urls``)
-differs in three ways only:
+logged, cancelled when its client hangs up and finished (``request_finished``)
+as Django does it. A request whose URL resolves to a blobstore API view
+(``blobstore.urls``, ``blobstore.contrib.proxystore.urls``) differs in these
+ways only:
 
 - it skips ``MIDDLEWARE``, which Django runs through a thread hop per
   ``MiddlewareMixin`` middleware; the async middleware that
@@ -19,6 +19,8 @@ differs in three ways only:
 - its body is not gathered first: the view reads it from the connection as it
   arrives, so that a body over the storage's limit is refused as soon as it is
   over, and one that stops arriving ends with 408 (``BLOBSTORE_BODY_TIMEOUT``).
+- ``request_started`` is not sent: its receivers are synchronous, a thread hop
+  before the view could start.
 - it runs outside Django's per-request ``ThreadSensitiveContext``, so the
   database statements of every API request share one thread and its
   persistent connection instead of a new thread (and connection) per request.
@@ -33,17 +35,19 @@ import asyncio
 import io
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from typing import IO, Any
+from typing import Any
 
 import django
 from asgiref.sync import sync_to_async
-from django.core.exceptions import DisallowedHost, ImproperlyConfigured
+from django.core import signals
+from django.core.exceptions import DisallowedHost, ImproperlyConfigured, RequestAborted
 from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
+from django.core.handlers.asgi import get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
-from django.urls import Resolver404, ResolverMatch, get_resolver
+from django.urls import Resolver404, ResolverMatch, get_resolver, set_script_prefix
 from django.utils.module_loading import import_string
 
 from blobstore.conf import conf
@@ -101,6 +105,10 @@ class BodyChannel:
             await self._body.put(message)
 
 
+class _Answered(Exception):
+    """Ends the task group of a request once its response has gone out."""
+
+
 class ASGIHandler(DjangoASGIHandler):
     """Django's ASGI handler, serving blobstore's API views on the short path."""
 
@@ -112,18 +120,46 @@ class ASGIHandler(DjangoASGIHandler):
         match = api_match(scope)
         if match is None:
             await super().__call__(scope, receive, send)
-            return
-        # Not in a ThreadSensitiveContext of its own: see the module's docstring.
-        channel = BodyChannel(receive)
-        api_scope = {**scope, MATCH_KEY: match, RECEIVE_KEY: channel.receive_body}
-        await self.handle(api_scope, channel, send)
+        else:
+            # Not in a ThreadSensitiveContext of its own: see the module's docstring.
+            await self.handle_api(match, scope, receive, send)
 
-    async def read_body(self, receive: Receive) -> IO[bytes]:
-        """Leave an API request's body to its view, which reads it as it arrives."""
-        if isinstance(receive, BodyChannel):
-            return io.BytesIO()
-        body: IO[bytes] = await super().read_body(receive)
-        return body
+    async def handle_api(
+        self, match: ResolverMatch, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Serve an API request as handle() does, but for the body and request_started.
+
+        The view reads the body through the BodyChannel. request_finished,
+        sent when the response is closed, closes stale database connections.
+        """
+        channel = BodyChannel(receive)
+        set_script_prefix(get_script_prefix(scope))
+        api_scope = {**scope, MATCH_KEY: match, RECEIVE_KEY: channel.receive_body}
+        request, refusal = self.create_request(api_scope, io.BytesIO())
+        if request is None:
+            assert refusal is not None  # create_request gives one or the other
+            await self.send_response(refusal, send)
+            await sync_to_async(refusal.close)()
+            return
+        response = None
+        try:
+            try:
+                # As Django's handle(): a client that hangs up cancels the view.
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self.listen_for_disconnect(channel))
+                    response = await self.run_get_response(request)
+                    await self.send_response(response, send)
+                    raise _Answered
+            except* (_Answered, RequestAborted):
+                pass
+        except BaseExceptionGroup as failures:
+            if len(failures.exceptions) == 1:
+                raise failures.exceptions[0] from None
+            raise
+        if response is None:
+            await signals.request_finished.asend(sender=self.__class__)
+        else:
+            await sync_to_async(response.close)()
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         """Return the response, through the API's middleware for an API request."""
