@@ -57,7 +57,6 @@ Scope = dict[str, Any]
 Message = Mapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 AsyncGetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
 RECEIVE_KEY = "blobstore.receive"
@@ -200,7 +199,7 @@ class APIResponseHandler(BaseHandler):
         self._exception_middleware: list[Any] = []
         # convert_exception_to_response keeps a coroutine function one.
         handler: Any = convert_exception_to_response(self._view_response)
-        for path in reversed(api_middleware_paths()):
+        for path in reversed(conf.BLOBSTORE_API_MIDDLEWARE):
             middleware = api_middleware_class(path)(handler)
             if hasattr(middleware, "process_view"):
                 self._view_middleware.insert(
@@ -237,8 +236,7 @@ class APIResponseHandler(BaseHandler):
         return host_checked
 
     def resolve_request(self, request: HttpRequest) -> ResolverMatch:
-        """Return the match found when the request was routed here, unless a middleware
-        chose another URLconf."""
+        """Return the match found in routing, unless a middleware has set request.urlconf."""
         if hasattr(request, "urlconf"):
             return super().resolve_request(request)
         match: ResolverMatch = request.scope[MATCH_KEY]  # type: ignore[attr-defined]
@@ -272,11 +270,6 @@ def api_match(scope: Scope) -> ResolverMatch | None:
     except Resolver404:
         return None
     return match if is_api_view(match.func) else None
-
-
-def api_middleware_paths() -> list[str]:
-    """Return BLOBSTORE_API_MIDDLEWARE's import paths."""
-    return list(conf.BLOBSTORE_API_MIDDLEWARE)
 
 
 def api_middleware_class(path: str) -> Callable[[AsyncGetResponse], AsyncGetResponse]:
