@@ -98,8 +98,6 @@ async def set(request: HttpRequest) -> HttpResponse:
     """Store the request body under the key; an empty body is 400, as ProxyStore's."""
     key = _key(request)
     store = _storage()
-    if request.headers.get("Content-Length") == "0":
-        raise BadRequest(400, "The request has an empty body; nothing was stored.")
     async with request_body(request, getattr(store, "max_object_size", None)) as body:
         with storage_errors():
             await store.write(key, await _not_empty(body))
