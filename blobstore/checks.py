@@ -61,8 +61,13 @@ def check_access(**kwargs: Any) -> list[CheckMessage]:
 
 @register()
 def check_proxystore(**kwargs: Any) -> list[CheckMessage]:
-    """Report a BLOBSTORE_PROXYSTORE that is not a dict, or holds a bad UUID or client."""
-    from blobstore.contrib.proxystore import allowed_networks, endpoint_uuid
+    """Report a BLOBSTORE_PROXYSTORE that is not a dict, or holds a bad value."""
+    from blobstore.contrib.proxystore import (
+        allowed_networks,
+        endpoint_uuid,
+        key_prefix,
+        storage_alias,
+    )
 
     setting = conf.BLOBSTORE_PROXYSTORE
     if not isinstance(setting, dict):
@@ -70,12 +75,53 @@ def check_proxystore(**kwargs: Any) -> list[CheckMessage]:
             Error(f"BLOBSTORE_PROXYSTORE must be a dict, not {setting!r}.", id="blobstore.E008")
         ]
     errors: list[CheckMessage] = []
-    for read in (endpoint_uuid, allowed_networks):
+    for read in (endpoint_uuid, allowed_networks, key_prefix, storage_alias):
         try:
             read()
         except ImproperlyConfigured as error:
             errors.append(Error(str(error), id="blobstore.E008"))
     return errors
+
+
+SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
+LOGIN_REQUIRED_MIDDLEWARE = "django.contrib.auth.middleware.LoginRequiredMiddleware"
+
+
+@register()
+def check_api_middleware(**kwargs: Any) -> list[CheckMessage]:
+    """Report API middleware that cannot run, and MIDDLEWARE the short path must not skip."""
+    from blobstore.asgi import api_middleware_class
+
+    try:
+        kept = conf.BLOBSTORE_API_MIDDLEWARE
+        for path in kept:
+            api_middleware_class(path)
+    except ImproperlyConfigured as error:
+        return [Error(str(error), id="blobstore.E010")]
+    return [
+        Warning(
+            f"On the short path (blobstore.asgi) the API routes skip {path!r}: {risk}",
+            hint="List it in BLOBSTORE_API_MIDDLEWARE if it is async-capable and the API "
+            "needs it, or silence blobstore.W002 where the site does not use blobstore.asgi.",
+            id="blobstore.W002",
+        )
+        for path in settings.MIDDLEWARE
+        if path not in kept and (risk := _skipping_risk(path)) is not None
+    ]
+
+
+def _skipping_risk(path: str) -> str | None:
+    """Return what skipping the middleware at path would open, or None if nothing."""
+    if path == SECURITY_MIDDLEWARE and getattr(settings, "SECURE_SSL_REDIRECT", False):
+        return "SECURE_SSL_REDIRECT is on, and the API would still answer plain HTTP."
+    if path == LOGIN_REQUIRED_MIDDLEWARE:
+        return (
+            "the REST routes authorize each request themselves, but the ProxyStore routes "
+            "answer their allowed clients with no login."
+        )
+    if not path.startswith("django."):
+        return "blobstore cannot tell what it does (access rules, request rewriting)."
+    return None
 
 
 @register()

@@ -39,6 +39,15 @@ class Settings:
         return getattr(settings, "BLOBSTORE_INLINE_TYPES", ())
 
     @property
+    def BLOBSTORE_API_MIDDLEWARE(self) -> list[str]:
+        value = getattr(settings, "BLOBSTORE_API_MIDDLEWARE", [])
+        if not isinstance(value, list | tuple) or not all(isinstance(path, str) for path in value):
+            raise ImproperlyConfigured(
+                f"BLOBSTORE_API_MIDDLEWARE must list import paths, not {value!r}."
+            )
+        return list(value)
+
+    @property
     def BLOBSTORE_MAX_UPLOADS(self) -> int:
         value = getattr(settings, "BLOBSTORE_MAX_UPLOADS", DEFAULT_MAX_UPLOADS)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -6,15 +6,13 @@ import os
 
 from django.conf import settings
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-from django.core.asgi import get_asgi_application
 
-from blobstore.asgi import APIRouter
+from blobstore.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-django_application = get_asgi_application()
+# Django's handler, with blobstore's API routes on the short path.
+application = get_asgi_application()
 if settings.DEBUG:
     # runserver serves static files by itself; under uvicorn, Django's own handler does.
-    django_application = ASGIStaticFilesHandler(django_application)
-# blobstore's API routes skip the middleware and stream request bodies.
-application = APIRouter(django_application)
+    application = ASGIStaticFilesHandler(application)  # type: ignore[assignment]

@@ -371,6 +371,7 @@ class RESTRouteTests(HTTPTestCase):
                 self.assert_refused(await http.request(method, url, content=body))
 
 
+@override_settings(BLOBSTORE_PROXYSTORE={"PREFIX": ""})  # ProxyStore's key k is the blob k
 class ProxyStoreRouteTests(HTTPTestCase):
     @KEY_SETTINGS
     @given(key=valid_keys(), alias=st.sampled_from(DATABASES))

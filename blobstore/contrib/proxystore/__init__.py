@@ -2,7 +2,9 @@
 
 ProxyStore clients send no credentials, so these routes answer only the
 client addresses in ``BLOBSTORE_PROXYSTORE["ALLOWED_CLIENTS"]`` (IP addresses
-or networks; loopback by default). The endpoint's UUID is
+or networks; loopback by default), and see only the blobs under
+``BLOBSTORE_PROXYSTORE["PREFIX"]`` on the storage alias
+``BLOBSTORE_PROXYSTORE["STORAGE"]``. The endpoint's UUID is
 ``BLOBSTORE_PROXYSTORE["UUID"]``, or one derived from ``SECRET_KEY`` so that it
 stays the same across restarts.
 """
@@ -22,6 +24,8 @@ from django.core.exceptions import ImproperlyConfigured
 from blobstore.conf import conf
 
 DEFAULT_ALLOWED_CLIENTS = ("127.0.0.0/8", "::1")
+DEFAULT_PREFIX = "proxystore/"
+DEFAULT_STORAGE = "default"
 
 
 def endpoint_uuid() -> uuid.UUID:
@@ -54,6 +58,30 @@ def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
             f"BLOBSTORE_PROXYSTORE['ALLOWED_CLIENTS'] must list IP addresses or networks, "
             f"not {clients!r}: {invalid}"
         ) from None
+
+
+def key_prefix() -> str:
+    """Return the prefix that turns ProxyStore's key k into the blob key prefix + k."""
+    prefix = _setting().get("PREFIX", DEFAULT_PREFIX)
+    if not isinstance(prefix, str) or any(ord(char) < 0x20 or ord(char) == 0x7F for char in prefix):
+        raise ImproperlyConfigured(
+            f"BLOBSTORE_PROXYSTORE['PREFIX'] must be a string with no control character, "
+            f"not {prefix!r}."
+        )
+    return prefix
+
+
+def storage_alias() -> str:
+    """Return the alias of BLOBSTORE_STORAGES that the endpoint routes serve."""
+    alias = _setting().get("STORAGE", DEFAULT_STORAGE)
+    backends = conf.BLOBSTORE_STORAGES
+    # A malformed BLOBSTORE_STORAGES is blobstore.E001's to report.
+    if not isinstance(alias, str) or (isinstance(backends, dict) and alias not in backends):
+        raise ImproperlyConfigured(
+            f"BLOBSTORE_PROXYSTORE['STORAGE'] must name an alias of BLOBSTORE_STORAGES, "
+            f"not {alias!r}."
+        )
+    return alias
 
 
 @functools.lru_cache(maxsize=8)

@@ -1,18 +1,30 @@
-"""The ProxyStore 1.1 endpoint routes: /endpoint, /exists, /get, /set, /evict."""
+"""The ProxyStore 1.1 endpoint routes: /endpoint, /exists, /get, /set, /evict.
+
+They take no credentials, so they are a closed door: only hosts in
+``ALLOWED_HOSTS``, only allowed client addresses, never a request that a
+browser sends for a page (one with an ``Origin``, or a ``Sec-Fetch-Site``
+other than ``none``), and only the blobs under the configured prefix.
+"""
 
 from __future__ import annotations
 
 import functools
 import ipaddress
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from blobstore.contrib.proxystore import allowed_networks, endpoint_uuid
+from blobstore.contrib.proxystore import (
+    allowed_networks,
+    endpoint_uuid,
+    key_prefix,
+    storage_alias,
+)
 from blobstore.http import (
     BadRequest,
     abbreviated,
@@ -28,18 +40,22 @@ from blobstore.storage import StreamingStorage, storages
 
 View = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponseBase]]
 
+BROWSER_INITIATED = "none"
+"""The one ``Sec-Fetch-Site`` let through: a user typed the URL; no page asked for it."""
+
 
 def endpoint_route(method: str) -> Callable[[View], View]:
-    """Make a view answer only method, only to allowed clients, with JSON errors."""
+    """Make a view answer only method, only to requests the door lets in, with JSON errors."""
 
     def decorate(view: View) -> View:
         @csrf_exempt
         @functools.wraps(view)
         async def route(request: HttpRequest) -> HttpResponseBase:
+            refusal = _refusal(request)
+            if refusal is not None:
+                return refusal
             if request.method != method:
                 return error(405, f"Use {method} here.", {"Allow": method})
-            if not _client_allowed(request.META.get("REMOTE_ADDR", "")):
-                return error(403, "This client may not use the ProxyStore endpoint routes.")
 
             async def checked_view() -> HttpResponseBase:
                 require_utf8(request)
@@ -79,12 +95,12 @@ async def get(request: HttpRequest) -> HttpResponseBase:
 
 @endpoint_route("POST")
 async def set(request: HttpRequest) -> HttpResponse:
-    """Store the request body under the key."""
+    """Store the request body under the key; an empty body is 400, as ProxyStore's."""
     key = _key(request)
     store = _storage()
     async with request_body(request, getattr(store, "max_object_size", None)) as body:
         with storage_errors():
-            await store.write(key, body)
+            await store.write(key, await _not_empty(body))
     return HttpResponse(status=200)
 
 
@@ -96,26 +112,59 @@ async def evict(request: HttpRequest) -> HttpResponse:
 
 
 def _storage() -> StreamingStorage:
-    return storages["default"]  # type: ignore[return-value]
+    return storages[storage_alias()]  # type: ignore[return-value]
 
 
 def _key(request: HttpRequest) -> str:
     key = request.GET.get("key")
     if key is None:
         raise BadRequest(400, "The request has no key parameter.")
-    return checked_key(key)
+    return checked_key(key_prefix() + key)
+
+
+async def _not_empty(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Return body's chunks, or raise BadRequest (400) if it brings no byte at all."""
+    async for chunk in body:
+        if chunk:
+            return _chained(chunk, body)
+    raise BadRequest(400, "The request has an empty body; nothing was stored.")
+
+
+async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    yield first
+    async for chunk in rest:
+        yield chunk
 
 
 def _check_endpoint(value: str | None) -> None:
-    # ProxyStore names the endpoint it means; this one serves only itself (no peering).
+    # ProxyStore names the endpoint it means. Like ProxyStore's own endpoint
+    # with no peers, this one serves a well-formed foreign UUID from its own
+    # storage; only a malformed one is refused.
     if value is None:
         return
     try:
-        named = uuid.UUID(value)
+        uuid.UUID(value)
     except ValueError:
         raise BadRequest(400, f"endpoint must be a UUID, not {abbreviated(value)!r}.") from None
-    if named != endpoint_uuid():
-        raise BadRequest(400, f"This endpoint is {endpoint_uuid()} and forwards to no peers.")
+
+
+def _refusal(request: HttpRequest) -> HttpResponseBase | None:
+    """Return the response that refuses a request the door is closed to, else None."""
+    try:
+        request.get_host()
+    except DisallowedHost:
+        return error(400, "The Host header names a host that this site does not serve.")
+    # A page in a browser, on whatever origin, must not reach these routes:
+    # browsers send Origin with every cross-origin request and every POST,
+    # and Sec-Fetch-Site with every request they make for a page.
+    if "Origin" in request.headers:
+        return error(403, "The ProxyStore endpoint routes refuse requests with an Origin.")
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site != BROWSER_INITIATED:
+        return error(403, "The ProxyStore endpoint routes refuse requests made by web pages.")
+    if not _client_allowed(request.META.get("REMOTE_ADDR", "")):
+        return error(403, "This client may not use the ProxyStore endpoint routes.")
+    return None
 
 
 def _client_allowed(address: str) -> bool:

@@ -1,0 +1,360 @@
+"""Load benchmark: wrk against a real ProxyStore endpoint, a raw ASGI app and this site.
+
+    .venv/bin/python bench/load.py [--quick] [--duration S]
+
+``wrk`` (Debian's package; installed with apt-get when missing, as root) runs
+one thread for each figure: 1 KiB ``get`` and ``set`` with 1 and 32
+connections. Servers, each a process (or two workers) of its own under
+uvicorn, with no access log:
+
+- theirs: ProxyStore's ``proxystore-endpoint`` with its dict and its SQLite
+  storage, and a raw ASGI app that answers without doing anything (the ceiling);
+- ours: the demo site's ProxyStore routes on DictStorage, SQLiteStorage,
+  ORMStorage on SQLite (WAL) and ORMStorage on PostgreSQL, on the short path
+  (``blobstore.asgi``), with 1 and 2 workers; its REST routes with a Bearer
+  token; and Django's own handler, on the demo's settings and on a new
+  project's SQLite defaults (``tests/hostsite``).
+
+Ratios are ours over theirs: ProxyStore's dict endpoint for DictStorage, its
+SQLite endpoint for every other backend. One run; the machine may be busy.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as a script, this file's folder leads sys.path; put the repository there instead.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != HERE]
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+
+import httpx  # noqa: E402
+import psycopg  # noqa: E402
+
+ROOT = HERE.parent
+BIN = Path(sys.executable).parent
+POSTGRES = os.environ.get("BLOBSTORE_BENCH_POSTGRES", "postgres://postgres@127.0.0.1:5432")
+CONNECTIONS = (1, 32)
+OPERATIONS = ("get", "set")
+SHORT = "project.asgi:application"
+DJANGOS = "django.core.asgi:get_asgi_application"
+
+
+@dataclass
+class Server:
+    """A server under test: how to start it, and which routes to load."""
+
+    label: str
+    kind: str  # "ceiling", "theirs" or "ours"
+    backend: str = "dict"  # dict, sqlite, orm, orm-pg
+    app: str = SHORT
+    workers: int = 1
+    settings: str = "bench.settings"
+    rest: bool = False
+    home: Path = Path()
+    port: int = 0
+    token: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    database: str = ""
+
+    def environment(self) -> dict[str, str]:
+        environment = {
+            **os.environ,
+            "PROXYSTORE_HOME": str(self.home),
+            "BLOBSTORE_VAR_DIR": str(self.home),
+            "DJANGO_SETTINGS_MODULE": self.settings,
+            "BLOBSTORE_BENCH_BACKEND": self.backend.removesuffix("-pg"),
+            "DJANGO_SUPERUSER_PASSWORD": "bench",
+        }
+        environment.pop("DATABASE_URL", None)
+        if self.database:
+            environment["DATABASE_URL"] = self.database
+        return environment
+
+    def run(self, *command: str | Path) -> str:
+        done = subprocess.run(
+            [str(part) for part in command], cwd=ROOT, env=self.environment(),
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return done.stdout
+
+    def start(self) -> None:
+        self.port = free_port()
+        uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port",
+                   str(self.port), "--no-access-log", "--log-level", "warning",
+                   "--workers", str(self.workers), "--lifespan", "off"]  # fmt: skip
+        if self.kind == "ceiling":
+            command: list[str | Path] = [*uvicorn, "bench.ceiling:app"]
+        elif self.kind == "theirs":
+            persist = ["--persist"] if self.backend == "sqlite" else []
+            self.run(BIN / "proxystore-endpoint", "configure", self.name, "--host", "127.0.0.1",
+                     "--port", str(self.port), "--no-relay-server", *persist)  # fmt: skip
+            command = [BIN / "proxystore-endpoint", "start", self.name, "--no-detach"]
+        else:
+            manage = [sys.executable, "manage.py"]
+            self.run(*manage, "migrate", "--verbosity=0")
+            self.run(*manage, "createsuperuser", "--noinput", "--username=bench", "--email=b@x.org")
+            self.token = self.run(*manage, "blobstore", "token", "bench").strip()
+            factory = ["--factory"] if self.app == DJANGOS else []
+            command = [*uvicorn, *factory, self.app]
+        self.process = subprocess.Popen(
+            [str(part) for part in command], cwd=ROOT, env=self.environment(),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{self.url}/endpoint", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise SystemExit(f"{self.label} did not start within 60 s")
+
+    @property
+    def name(self) -> str:
+        """Return the label as a name for files and ProxyStore's endpoint."""
+        return re.sub(r"\W+", "-", self.label).strip("-")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+@dataclass
+class Figure:
+    """What one wrk run measured."""
+
+    server: str
+    routes: str
+    operation: str
+    connections: int
+    requests: float
+    p50_ms: float
+    p99_ms: float
+    failed: int
+    baseline: str = ""
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def ensure_wrk() -> str:
+    """Return wrk's path; install Debian's package first when it is missing."""
+    found = shutil.which("wrk")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        raise SystemExit("wrk is missing: run `apt-get install wrk` as root, or this as root.")
+    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True)
+    return shutil.which("wrk") or "/usr/bin/wrk"
+
+
+LUA = """
+wrk.method = "{method}"
+wrk.body = {body}
+{headers}
+"""
+
+
+def wrk_script(directory: Path, name: str, method: str, body: bool, token: str) -> Path:
+    headers = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
+    script = directory / f"{name}.lua"
+    script.write_text(
+        LUA.format(method=method, body='string.rep("x", 1024)' if body else "nil", headers=headers)
+    )
+    return script
+
+
+_DURATION = re.compile(r"([\d.]+)(us|ms|s)\b")
+_SCALE = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    match = _DURATION.search(text)
+    return float(match.group(1)) * _SCALE[match.group(2)] if match else float("nan")
+
+
+def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: float) -> Figure:
+    done = subprocess.run(
+        [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    out = done.stdout
+    requests = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    failed = int(non2xx.group(1)) if non2xx else 0
+    failed += sum(int(n) for n in errors.groups()) if errors else 0
+    return Figure(
+        "", "", "", connections, float(requests.group(1)) if requests else 0.0,
+        _ms(p50.group(1)) if p50 else float("nan"), _ms(p99.group(1)) if p99 else float("nan"),
+        failed,
+    )  # fmt: skip
+
+
+def routes_of(server: Server) -> list[tuple[str, str, str]]:
+    """Return (routes, get path, set path) for each kind of route to load on server."""
+    routes = [("proxystore", "/get?key=bench", "/set?key=bench")]
+    if server.rest:
+        routes.append(("rest", "/blobs/rest/bench", "/blobs/rest/bench"))
+    return routes
+
+
+def load(server: Server, wrk: str, seconds: float, scripts: Path) -> list[Figure]:
+    figures = []
+    for routes, get_path, set_path in routes_of(server):
+        rest = routes == "rest"
+        token = server.token if rest else ""
+        write = "PUT" if rest else "POST"
+        put = wrk_script(scripts, f"{server.name}-{routes}-set", write, True, token)
+        get = wrk_script(scripts, f"{server.name}-{routes}-get", "GET", False, token)
+        # The blob that every get reads, written once.
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        httpx.request(write, server.url + set_path, content=b"x" * 1024, headers=headers)
+        for operation, script, path in (("get", get, get_path), ("set", put, set_path)):
+            for connections in CONNECTIONS:
+                figure = run_wrk(wrk, server.url + path, script, connections, seconds)
+                figure.server, figure.routes, figure.operation = server.label, routes, operation
+                figures.append(figure)
+                print(
+                    f"  {server.label} {routes} {operation} c={connections}: "
+                    f"{figure.requests:,.0f}/s",
+                    file=sys.stderr,
+                )
+    return figures
+
+
+@contextlib.contextmanager
+def postgres_database(number: int) -> Iterator[str]:
+    """Create an empty PostgreSQL database; yield its URL, then drop it."""
+    name = f"blobstore_load_{os.getpid()}_{number}"
+    with psycopg.connect(f"{POSTGRES}/postgres", autocommit=True) as server:
+        server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        server.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{POSTGRES}/{name}"
+        finally:
+            server.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def servers(quick: bool) -> list[Server]:
+    """Return the servers to load, theirs first (the baselines)."""
+    chosen = [
+        Server("ceiling (raw ASGI)", "ceiling"),
+        Server("ProxyStore dict", "theirs", "dict"),
+        Server("ProxyStore SQLite", "theirs", "sqlite"),
+        Server("ours Dict", "ours", "dict", rest=True),
+        Server("ours SQLite", "ours", "sqlite", rest=not quick),
+        Server("ours ORM/SQLite", "ours", "orm", rest=True),
+        Server("ours ORM/PostgreSQL", "ours", "orm-pg", rest=not quick),
+        Server("ours ORM/PostgreSQL 2w", "ours", "orm-pg", workers=2),
+    ]
+    if not quick:
+        chosen += [
+            Server("ours ORM/SQLite 2w", "ours", "orm", workers=2),
+            Server("ours ORM/SQLite, Django's handler", "ours", "orm", app=DJANGOS),
+        ]
+    chosen.append(
+        Server(
+            "new project's defaults, Django's handler",
+            "ours",
+            "orm",
+            app=DJANGOS,
+            settings="tests.hostsite.settings",
+        )
+    )
+    return chosen
+
+
+def baseline_of(figure: Figure, server: Server, figures: list[Figure]) -> Figure | None:
+    """Return the figure to compare with: ProxyStore's, or for REST our ProxyStore routes'."""
+    if server.kind != "ours":
+        return None
+    theirs = "ProxyStore dict" if server.backend == "dict" else "ProxyStore SQLite"
+    wanted = (server.label, "proxystore") if figure.routes == "rest" else (theirs, "proxystore")
+    return next(
+        (
+            f for f in figures
+            if (f.server, f.routes) == wanted and f.operation == figure.operation
+            and f.connections == figure.connections
+        ),
+        None,
+    )  # fmt: skip
+
+
+def table(figures: list[Figure], by_label: dict[str, Server]) -> str:
+    lines = [
+        "| server | routes | op | conns | req/s | p50 ms | p99 ms | non-2xx | ours/theirs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for figure in figures:
+        base = baseline_of(figure, by_label[figure.server], figures)
+        ratio = (
+            f"{figure.requests / base.requests:.2f} ({base.server} {base.routes})"
+            if base and base.requests
+            else "—"
+        )
+        lines.append(
+            f"| {figure.server} | {figure.routes} | {figure.operation} | {figure.connections} "
+            f"| {figure.requests:,.0f} | {figure.p50_ms:.2f} | {figure.p99_ms:.2f} "
+            f"| {figure.failed} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer servers, 2 s per figure")
+    parser.add_argument("--duration", type=float, help="seconds per figure (default 6, quick 2)")
+    arguments = parser.parse_args()
+    seconds = arguments.duration or (2.0 if arguments.quick else 6.0)
+    wrk = ensure_wrk()
+    figures: list[Figure] = []
+    chosen = servers(arguments.quick)
+    started = time.monotonic()
+    with (
+        tempfile.TemporaryDirectory(prefix="blobstore-load-") as scratch,
+        contextlib.ExitStack() as stack,
+    ):
+        for number, server in enumerate(chosen):
+            server.home = Path(scratch) / f"server{number}"
+            server.home.mkdir()
+            if server.backend == "orm-pg":
+                server.database = stack.enter_context(postgres_database(number))
+            print(f"{server.label}:", file=sys.stderr)
+            server.start()
+            try:
+                figures += load(server, wrk, seconds, Path(scratch))
+            finally:
+                server.stop()
+    print(table(figures, {server.label: server for server in chosen}))
+    print(
+        f"\nwrk -t1, 1 KiB bodies, {seconds:g} s per figure; "
+        f"{time.monotonic() - started:.0f} s in all. One run on this machine."
+    )
+
+
+if __name__ == "__main__":
+    main()
