@@ -73,7 +73,7 @@ class APIView(View):
             try:
                 require_utf8(request)
                 if method != "OPTIONS":
-                    await authorize(request, method)
+                    await authorize(request, method, kwargs.get("key"))
                 response: HttpResponse = await handler(request, *args, **kwargs)
                 return response
             except AccessDenied as denied:
