@@ -124,9 +124,10 @@ class BlobFileStorage(Storage):
 
     def is_name_available(self, name: str, max_length: int | None = None) -> bool:
         """Return whether a save may use name: free, or taken but allowed to be overwritten."""
-        if self.allow_overwrite:
-            return not (max_length and len(name) > max_length)
-        return super().is_name_available(name, max_length=max_length)
+        if max_length and len(name) > max_length:
+            return False
+        # A file may share its name with a directory: only files take names.
+        return self.allow_overwrite or not async_to_sync(self.store.exists)(self.key(name))
 
     def get_alternative_name(self, file_root: str, file_ext: str) -> str:
         """Return another name to try, or the same one when files may be overwritten."""
@@ -135,8 +136,8 @@ class BlobFileStorage(Storage):
         return super().get_alternative_name(file_root, file_ext)
 
     def exists(self, name: str) -> bool:
-        """Return whether a file is called name."""
-        return async_to_sync(self.store.exists)(self.key(name))
+        """Return whether a file, or a directory of files, is called name."""
+        return async_to_sync(self.aexists)(name)
 
     def delete(self, name: str) -> None:
         """Delete the file called name; a name with no file is no error."""
@@ -149,9 +150,7 @@ class BlobFileStorage(Storage):
         return async_to_sync(self._listdir)(path)
 
     async def _listdir(self, path: str) -> tuple[list[str], list[str]]:
-        prefix = self.location
-        if path.strip("/"):
-            prefix += clean_name(path).rstrip("/") + "/"
+        prefix = self.location + clean_directory(path)
         directories: list[str] = []
         files: list[str] = []
         after = ""
@@ -225,8 +224,14 @@ class BlobFileStorage(Storage):
         return saved
 
     async def aexists(self, name: str) -> bool:
-        """Return whether a file is called name."""
-        return await self.store.exists(self.key(name))
+        """Return whether a file, or a directory of files, is called name."""
+        directory = clean_directory(name)
+        if not directory:
+            return True  # the top directory
+        if not name.endswith(("/", "\\")) and await self.store.exists(self.key(name)):
+            return True
+        # Directories exist as in FileSystemStorage, which collectstatic --clear relies on.
+        return bool(await self.store.list_blobs(self.location + directory, limit=1))
 
     async def adelete(self, name: str) -> None:
         """Delete the file called name; a name with no file is no error."""
@@ -252,6 +257,12 @@ def clean_name(name: str) -> str:
         raise SuspiciousFileOperation(f"The file name {name!r} names a drive.")
     validate_file_name(cleaned, allow_relative_path=True)
     return cleaned
+
+
+def clean_directory(path: str) -> str:
+    """Return the key prefix of the directory path, '' for the top, or raise if unsafe."""
+    directory = path.rstrip("/\\")  # Django's directory names may end in a separator
+    return clean_name(directory) + "/" if directory else ""
 
 
 async def _chunks_of(content: File[Any]) -> AsyncIterator[bytes]:
