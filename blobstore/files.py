@@ -45,10 +45,19 @@ from django.utils.deconstruct import deconstructible
 from blobstore import signing
 from blobstore.conf import conf
 from blobstore.storage import BlobInfo, BlobStream, StreamingStorage, storages
-from blobstore.storage.base import OCTET_STREAM, STREAM_CHUNK_SIZE, validate_key
+from blobstore.storage.base import (
+    OCTET_STREAM,
+    STREAM_CHUNK_SIZE,
+    BytesLike,
+    once,
+    validate_key,
+)
 
 READ_BUFFER_SIZE = 64 * 1024
 """How much a small read fetches at once, in bytes: enough for an image's header."""
+
+READ_AHEAD_LIMIT = 4 * STREAM_CHUNK_SIZE
+"""The most that a read fetches beyond what it asks for, in bytes, when reads go on in order."""
 
 DEFAULT_URL_EXPIRES = 3600
 """How long a URL from :meth:`BlobFileStorage.url` works, in seconds, unless told otherwise."""
@@ -106,19 +115,18 @@ class BlobFileStorage(Storage):
         return BlobFile(self.store, info, name, mode)
 
     def _save(self, name: str, content: File[Any]) -> str:
-        while not async_to_sync(self._write)(name, content):
+        while not self._write(name, content, if_absent=not self.allow_overwrite):
             # Another save took the name since it was chosen: choose again.
             name = self.get_available_name(name)
         return clean_name(name)
 
-    async def _write(self, name: str, content: File[Any]) -> bool:
-        """Store content under name; return False if the name was taken meanwhile."""
-        content_type = mimetypes.guess_type(name)[0] or OCTET_STREAM
-        written = await self.store.write(
+    def _write(self, name: str, content: File[Any], *, if_absent: bool) -> bool:
+        """Store content under name; return False if if_absent and the name was taken."""
+        written = async_to_sync(self.store.write)(
             self.key(name),
             _chunks_of(content),
-            if_absent=not self.allow_overwrite,
-            content_type=content_type,
+            if_absent=if_absent,
+            content_type=mimetypes.guess_type(name)[0] or OCTET_STREAM,
         )
         return written is not None
 
@@ -241,11 +249,7 @@ class BlobFileStorage(Storage):
 
     def write_file(self, name: str, content: File[Any]) -> None:
         """Store content under exactly name, replacing a file there (for copying whole sites)."""
-        async_to_sync(self.store.write)(
-            self.key(name),
-            _chunks_of(content),
-            content_type=mimetypes.guess_type(name)[0] or OCTET_STREAM,
-        )
+        self._write(name, content, if_absent=False)
 
 
 def clean_name(name: str) -> str:
@@ -265,14 +269,25 @@ def clean_directory(path: str) -> str:
     return clean_name(directory) + "/" if directory else ""
 
 
-async def _chunks_of(content: File[Any]) -> AsyncIterator[bytes]:
-    """Yield the content's chunks, each read on the caller's thread, as bytes."""
+def _chunks_of(content: File[Any]) -> AsyncIterator[BytesLike]:
+    """Return the content's chunks; a file of one chunk is read at once, on this thread."""
+    if not content.multiple_chunks(STREAM_CHUNK_SIZE):
+        return once(b"".join(_as_bytes(chunk) for chunk in content.chunks(STREAM_CHUNK_SIZE)))
+    return _chunks_read_here(content)
+
+
+async def _chunks_read_here(content: File[Any]) -> AsyncIterator[bytes]:
+    """Yield the content's chunks, each read on the thread that called save()."""
     chunks: Iterator[bytes | str] = iter(content.chunks(STREAM_CHUNK_SIZE))
-    # On the thread that called save(): the content may itself be a file
-    # whose reads use async_to_sync, or belong to that thread's connection.
+    # The content may itself be a file whose reads use async_to_sync, or
+    # belong to that thread's database connection.
     next_chunk = sync_to_async(_next_or_none, thread_sensitive=True)
     while (chunk := await next_chunk(chunks)) is not None:
-        yield chunk.encode() if isinstance(chunk, str) else chunk
+        yield _as_bytes(chunk)
+
+
+def _as_bytes(chunk: bytes | str) -> bytes:
+    return chunk.encode() if isinstance(chunk, str) else chunk
 
 
 def _next_or_none(chunks: Iterator[bytes | str]) -> bytes | str | None:
@@ -316,18 +331,27 @@ class BlobFile(File):  # type: ignore[type-arg]
 
 
 def _reader(store: StreamingStorage, info: BlobInfo, mode: str) -> IO[Any]:
-    buffered = io.BufferedReader(BlobReader(store, info), READ_BUFFER_SIZE)
+    buffered = io.BufferedReader(BlobReader(store, info))
     return buffered if "b" in mode else io.TextIOWrapper(buffered, encoding="utf-8")
 
 
 class BlobReader(io.RawIOBase):
-    """A seekable raw file over one version of a blob; each read fetches one byte range."""
+    """A seekable raw file over one version of a blob, which fetches byte ranges as read.
+
+    A read fetches at least :data:`READ_BUFFER_SIZE` bytes, and twice as many
+    as the last fetch while reads go on where the last one ended, up to
+    :data:`READ_AHEAD_LIMIT`: a few bytes of a header cost one small range, a
+    file read through cost few round trips, and memory stays bounded.
+    """
 
     def __init__(self, store: StreamingStorage, info: BlobInfo) -> None:
         super().__init__()
         self.store = store
         self.info = info
         self.position = 0
+        self.fetched = bytearray()
+        self.fetched_at = 0
+        self.window = READ_BUFFER_SIZE
 
     def readable(self) -> bool:
         """Return True: the file can be read."""
@@ -353,27 +377,44 @@ class BlobReader(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         """Read up to len(buffer) bytes into buffer; return how many."""
         view = memoryview(buffer).cast("B")
-        data = self._read(self.position + len(view))
+        if self.position >= self.info.size or not view:
+            return 0
+        offset = self.position - self.fetched_at
+        if not 0 <= offset < len(self.fetched):
+            self._fetch(len(view))
+            offset = 0
+        data = memoryview(self.fetched)[offset : offset + len(view)]
         view[: len(data)] = data
+        self.position += len(data)
         return len(data)
 
     def readall(self) -> bytes:
-        """Read the rest of the file at once."""
-        return self._read(self.info.size)
+        """Read the rest of the file."""
+        rest = bytearray(max(self.info.size - self.position, 0))
+        done = 0
+        while done < len(rest) and (count := self.readinto(memoryview(rest)[done:])):
+            done += count
+        return bytes(rest[:done])
 
-    def _read(self, stop: int) -> bytes:
-        stop = min(stop, self.info.size)
-        if stop <= self.position:
-            return b""
-        data = async_to_sync(self._range)(self.position, stop)
-        self.position += len(data)
-        return data
+    def _fetch(self, wanted: int) -> None:
+        sequential = self.fetched and self.position == self.fetched_at + len(self.fetched)
+        self.window = min(self.window * 2, READ_AHEAD_LIMIT) if sequential else READ_BUFFER_SIZE
+        stop = min(self.position + max(wanted, self.window), self.info.size)
+        self.fetched = bytearray()  # free the last range before the next one arrives
+        self.fetched = async_to_sync(self._range)(self.position, stop)
+        self.fetched_at = self.position
 
-    async def _range(self, start: int, stop: int) -> bytes:
+    async def _range(self, start: int, stop: int) -> bytearray:
         stream = await self.store.stream(self.info.key, start=start, stop=stop)
         if stream is None or stream.info.sha256 != self.info.sha256:
             if stream is not None:
                 await stream.aclose()
             raise OSError(f"The file {self.info.key!r} changed while it was being read.")
+        # Filled in place: one copy of the range in memory, not a list and its join.
+        data = bytearray(stream.length)
+        offset = 0
         async with stream:
-            return await stream.read()
+            async for chunk in stream:
+                data[offset : offset + len(chunk)] = chunk
+                offset += len(chunk)
+        return data

@@ -742,6 +742,11 @@ class _CountedFile(File):  # type: ignore[type-arg]
         self.source = file
         self.progress = progress
 
+    @property
+    def size(self) -> int:
+        """Return the size of the file being read."""
+        return self.source.size
+
     def chunks(self, chunk_size: int | None = None) -> Iterator[bytes]:
         for chunk in self.source.chunks(chunk_size):
             self.progress.advance(len(chunk))
