@@ -160,11 +160,11 @@ def configure(storage: str, database: str, directory: str) -> None:
 
     from project.settings import SQLITE_OPTIONS
 
+    db: dict[str, Any]
     if database.endswith(".sqlite3"):
         db = {"ENGINE": "django.db.backends.sqlite3", "NAME": database, "OPTIONS": SQLITE_OPTIONS}
     else:
-        db = dj_database_url.parse(ADMIN_URL)
-        db["NAME"] = database
+        db = {**dj_database_url.parse(ADMIN_URL), "NAME": database}
     backend = dict(STORAGES[storage])
     if storage == "FileSystemStorage":
         backend["OPTIONS"] = {"location": f"{directory}/media"}
@@ -196,7 +196,7 @@ def configure(storage: str, database: str, directory: str) -> None:
     call_command("migrate", run_syncdb=True, verbosity=0)
     from bench.filemodels.models import Upload
 
-    Upload._meta.get_field("file").upload_to = UPLOAD_TO.get(storage, "bench/")  # type: ignore[union-attr]
+    Upload._meta.get_field("file").upload_to = UPLOAD_TO.get(storage, "bench/")
 
 
 def large(source: Path, size_mib: int) -> dict[str, Any]:
@@ -213,7 +213,7 @@ def large(source: Path, size_mib: int) -> dict[str, Any]:
         upload.file.save("large.bin", File(handle), save=True)
         saved = time.perf_counter() - started
         save_growth = peak_growth(base)
-    upload = Upload.objects.get(pk=upload.pk)
+    upload = Upload._default_manager.get(pk=upload.pk)
     base = start_peak()
     started = time.perf_counter()
     digest = hashlib.sha256()
@@ -249,7 +249,8 @@ def small(count: int) -> dict[str, Any]:
     data = os.urandom(SMALL_SIZE)
     started = time.perf_counter()
     for number in range(count):
-        files = MultiValueDict({"file": [SimpleUploadedFile(f"f{number}.bin", data)]})
+        upload = SimpleUploadedFile(f"f{number}.bin", data)
+        files = MultiValueDict[str, Any]({"file": [upload]})
         form = UploadForm(data={}, files=files)
         if not form.is_valid():
             raise SystemExit(f"The form refused the upload: {form.errors}")
