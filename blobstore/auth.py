@@ -3,7 +3,8 @@
 A program sends ``Authorization: Bearer <secret>`` with an :class:`APIToken`;
 a browser uses its Django session, and must then pass Django's CSRF check on
 unsafe methods. ``BLOBSTORE_ANONYMOUS_ACCESS`` opens reads (``"read"``) or
-everything (``"write"``) to anonymous users.
+everything (``"write"``) to anonymous users. A signed URL (:mod:`blobstore.signing`)
+grants its one method on its one key to whoever holds it, and nothing else.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import aget_user
+from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
+from blobstore import signing
 from blobstore.conf import conf
 from blobstore.models import APIToken
 
@@ -42,8 +45,15 @@ class AccessDenied(Exception):
         self.message = message
 
 
-async def authorize(request: HttpRequest, method: str) -> User:
-    """Return the user making request if they may use method, or raise AccessDenied."""
+async def authorize(request: HttpRequest, method: str, key: str | None = None) -> User:
+    """Return the user making request if they may use method (on key), or raise AccessDenied."""
+    if signing.is_signed(request.GET):
+        # The signature alone decides, whoever sends it: it is the credential.
+        try:
+            signing.check(request.GET, key, method)
+        except signing.SignatureError as refused:
+            raise AccessDenied(403, str(refused)) from None
+        return AnonymousUser()
     user, by_token = await _authenticate(request)
     if not by_token and user.is_authenticated and method not in READ_METHODS:
         _check_csrf(request)

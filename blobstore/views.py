@@ -76,7 +76,11 @@ class APIView(View):
         async def view() -> HttpResponse:
             try:
                 require_utf8(request)
-                user = None if method == "OPTIONS" else await authorize(request, method)
+                user = (
+                    None
+                    if method == "OPTIONS"
+                    else await authorize(request, method, kwargs.get("key"))
+                )
                 response: HttpResponse = await handler(request, *args, **kwargs)
             except AccessDenied as denied:
                 return error(denied.status, denied.message)

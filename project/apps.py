@@ -1,4 +1,4 @@
-"""The demo site's own app, which holds its management commands."""
+"""The demo site's own app: its management commands and its Document model."""
 
 from __future__ import annotations
 
@@ -6,5 +6,6 @@ from django.apps import AppConfig
 
 
 class ProjectConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
     name = "project"
     verbose_name = "blobstore demo site"

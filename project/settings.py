@@ -86,6 +86,16 @@ BLOBSTORE_STORAGES = {
     "default": {"BACKEND": "blobstore.storage.ORMStorage", "OPTIONS": {}},
 }
 
+# Uploads (FileField, ImageField, default_storage) are blobs under "media/" of
+# the default blobstore storage; their URLs are signed URLs of the API.
+STORAGES = {
+    "default": {
+        "BACKEND": "blobstore.files.BlobFileStorage",
+        "OPTIONS": {"alias": "default", "location": "media/"},
+    },
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -9,6 +9,7 @@ from project import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("documents/", views.documents, name="documents"),
     path("admin/", admin.site.urls),
     path("blobs/", include("blobstore.urls")),
     path("", include("blobstore.contrib.proxystore.urls")),

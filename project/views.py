@@ -8,6 +8,7 @@ from django.shortcuts import render
 from django.urls import reverse
 
 from project.management.commands.rundemo import DEMO_PASSWORD, DEMO_USERNAME
+from project.models import Document
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -18,3 +19,8 @@ def home(request: HttpRequest) -> HttpResponse:
         "demo_login": (DEMO_USERNAME, DEMO_PASSWORD) if settings.DEBUG else None,
     }
     return render(request, "project/home.html", context)
+
+
+def documents(request: HttpRequest) -> HttpResponse:
+    """Show every document with its cover, each image and file through a signed URL."""
+    return render(request, "project/documents.html", {"documents": Document.objects.all()})

@@ -811,7 +811,7 @@ class HelpTests(SimpleTestCase):
         assert isinstance(subparsers, dict)
         self.assertEqual(
             set(subparsers),
-            {"token", "proxystore-config", *SUBCOMMANDS},
+            {"token", "proxystore-config", "url", "import-media", *SUBCOMMANDS},
         )
         for name, subparser in subparsers.items():
             with self.subTest(name):

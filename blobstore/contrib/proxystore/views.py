@@ -35,6 +35,7 @@ from blobstore.http import (
     request_body,
     require_utf8,
     storage_errors,
+    with_blob_headers,
 )
 from blobstore.storage import StreamingStorage, storages
 
@@ -88,9 +89,8 @@ async def get(request: HttpRequest) -> HttpResponseBase:
     stream = await _storage().stream(_key(request))
     if stream is None:
         return error(404, "No data is associated with the key.")
-    response = await blob_response(stream)
-    response["X-Content-Type-Options"] = "nosniff"
-    return response
+    # The headers of the REST route: the blob is data, never a page.
+    return with_blob_headers(await blob_response(stream), stream.info)
 
 
 @endpoint_route("POST")

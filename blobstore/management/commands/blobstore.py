@@ -1,8 +1,9 @@
 """``manage.py blobstore SUBCOMMAND``: blobstore's command-line tools.
 
-``token`` and ``proxystore-config`` set up access; ``put``, ``get``, ``ls``,
-``rm``, ``cp`` and ``stats`` work on the storages of ``BLOBSTORE_STORAGES``;
-``verify`` and ``purge`` look after them.
+``token`` and ``proxystore-config`` set up access, ``url`` prints a signed URL;
+``put``, ``get``, ``ls``, ``rm``, ``cp`` and ``stats`` work on the storages of
+``BLOBSTORE_STORAGES``; ``verify`` and ``purge`` look after them;
+``import-media`` copies a Django file storage into a ``BlobFileStorage``.
 Blobs move in chunks of 1 MiB, never whole, and a transfer that takes a while
 shows a progress bar on standard error when that is a terminal. Ctrl-C cancels
 the work, lets it clean up and exits with status 130 and one line; a second
@@ -23,19 +24,25 @@ import secrets
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO, TextIO, cast
 
 from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ImproperlyConfigured
+from django.core.files import File
+from django.core.files.storage import InvalidStorageError
+from django.core.files.storage import Storage as DjangoStorage
+from django.core.files.storage import storages as django_storages
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connections
 from django.db.models import Count, Sum
 
+from blobstore import signing
 from blobstore.contrib.proxystore import endpoint_uuid
 from blobstore.exceptions import ObjectSizeExceededError
+from blobstore.files import BlobFileStorage
 from blobstore.management.progress import Progress
 from blobstore.models import APIToken
 from blobstore.storage import (
@@ -71,7 +78,8 @@ INTERRUPTED = 130
 class Command(BaseCommand):
     help = (
         "blobstore's tools: API tokens, ProxyStore endpoint configuration, and blobs in "
-        "the storages of BLOBSTORE_STORAGES (put, get, ls, rm, cp, stats, verify, purge)."
+        "the storages of BLOBSTORE_STORAGES (put, get, ls, rm, cp, stats, verify, purge), "
+        "signed URLs (url) and moving a site's media into blobstore (import-media)."
     )
     # call_command("blobstore", "put", KEY, "-", stdin=a_binary_file) reads that instead.
     stealth_options = ("stdin",)
@@ -218,6 +226,43 @@ class Command(BaseCommand):
             "(default: the storage's own, an hour for the built-in backends).",
         )
 
+        url = add(
+            "url",
+            "Print a signed URL of a blob.",
+            "Print a URL of the blobstore API that grants one method (GET, which allows HEAD "
+            "too, or PUT) on KEY to whoever holds it, with no login, for --expires seconds. "
+            "It is a path on this site unless --base-url gives the site's address.",
+        )
+        url.add_argument("key", metavar="KEY", help="The key of the blob.")
+        url.add_argument(
+            "--expires",
+            type=int,
+            default=3600,
+            metavar="SECONDS",
+            help="How long the URL works (default: 3600).",
+        )
+        url.add_argument("--method", choices=signing.METHODS, default="GET")
+        url.add_argument("--base-url", default="", help="The site's address, e.g. https://host")
+
+        import_media = add(
+            "import-media",
+            "Copy every file of a Django storage into a BlobFileStorage.",
+            "Copy every file of the Django storage --from (an alias of settings.STORAGES, e.g. "
+            "the old 'default' kept under another name) into the BlobFileStorage --to (default: "
+            "'default'), under the same names, streamed in 1 MiB chunks; files already there "
+            "are replaced. Run it after pointing STORAGES at blobstore.",
+        )
+        import_media.add_argument(
+            "--from", dest="source", required=True, metavar="ALIAS", help="The storage to read."
+        )
+        import_media.add_argument(
+            "--to",
+            dest="target",
+            default="default",
+            metavar="ALIAS",
+            help="The BlobFileStorage to write (default: 'default').",
+        )
+
     def run_from_argv(self, argv: list[str]) -> None:
         # Run as a program, the command closes the storages it opened (an open
         # SQLite connection would keep the process alive); called from code,
@@ -232,6 +277,12 @@ class Command(BaseCommand):
             self.write_proxystore_config(
                 options["name"], options["host"], options["port"], options["proxystore_home"]
             )
+        elif subcommand == "url":
+            self.print_url(
+                options["key"], options["method"], options["expires"], options["base_url"]
+            )
+        elif subcommand == "import-media":
+            self.import_media(options["source"], options["target"], options["verbosity"])
         else:
             work: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, None]]] = {
                 "put": self.put,
@@ -275,6 +326,34 @@ class Command(BaseCommand):
             f"port = {port}\n"
         )
         self.stdout.write(f"Wrote {path} for endpoint {endpoint_uuid()}.")
+
+    # url and import-media
+
+    def print_url(self, key: str, method: str, expires: int, base_url: str) -> None:
+        try:
+            url = signing.signed_url(_checked_key(key), method=method, expires=expires)
+        except (ImproperlyConfigured, ValueError) as error:
+            raise CommandError(str(error)) from error
+        self.stdout.write(base_url.rstrip("/") + url)
+
+    def import_media(self, source_alias: str, target_alias: str, verbosity: int) -> None:
+        source, target = _file_storage(source_alias), _file_storage(target_alias)
+        if not isinstance(target, BlobFileStorage):
+            raise CommandError(
+                f"STORAGES[{target_alias!r}] is a {type(target).__name__}, not a BlobFileStorage."
+            )
+        names = list(_walk(source, ""))
+        total = sum(source.size(name) for name in names)
+        with self.progress(total, f"import-media 0/{len(names)}") as progress:
+            for number, name in enumerate(names, 1):
+                progress.label = f"import-media {number}/{len(names)}"
+                with source.open(name, "rb") as content:
+                    target.write_file(name, _CountedFile(content, progress))
+        if verbosity >= 1:
+            self.stdout.write(
+                f"Imported {len(names)} file{'s' if len(names) != 1 else ''} ({total:,} bytes) "
+                f"from {source_alias!r} to {target_alias!r}."
+            )
 
     # The storage subcommands
 
@@ -644,6 +723,45 @@ class Command(BaseCommand):
         """Return a progress bar on standard error (drawn only on a terminal)."""
         stream = cast(TextIO, getattr(self.stderr, "_out", self.stderr))
         return Progress(stream, total, label, delay=self.progress_delay)
+
+
+def _file_storage(alias: str) -> DjangoStorage:
+    try:
+        return django_storages[alias]
+    except InvalidStorageError:
+        raise CommandError(
+            f"No file storage is called {alias!r}; STORAGES has "
+            f"{', '.join(map(repr, django_storages.backends))}."
+        ) from None
+
+
+def _walk(storage: DjangoStorage, directory: str) -> Iterator[str]:
+    """Yield the name of every file under directory, in the storage's order."""
+    directories, files = storage.listdir(directory)
+    base = f"{directory}/" if directory else ""
+    for name in files:
+        yield base + name
+    for name in directories:
+        yield from _walk(storage, base + name)
+
+
+class _CountedFile(File):  # type: ignore[type-arg]
+    """A file whose chunks advance a progress bar as they are read."""
+
+    def __init__(self, file: File[bytes], progress: Progress) -> None:
+        super().__init__(None, file.name)
+        self.source = file
+        self.progress = progress
+
+    @property
+    def size(self) -> int:
+        """Return the size of the file being read."""
+        return self.source.size
+
+    def chunks(self, chunk_size: int | None = None) -> Iterator[bytes]:
+        for chunk in self.source.chunks(chunk_size):
+            self.progress.advance(len(chunk))
+            yield chunk
 
 
 async def _interruptible(work: Coroutine[Any, Any, None]) -> bool:
