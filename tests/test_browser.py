@@ -14,12 +14,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from django.test import SimpleTestCase
-from playwright.sync_api import Browser, Download, Playwright, expect, sync_playwright
+from playwright.sync_api import Download, expect
 
-from tests.browser import launch_chromium, screenshot
+from tests.browser import BrowserTestCase, screenshot
 from tests.images import png
-from tests.live import LiveSite
 
 pytestmark = pytest.mark.heavy  # once per test run: see tests/conftest.py
 
@@ -61,23 +59,8 @@ viewer.user_permissions.add(Permission.objects.get(codename="view_blob"))
 """
 
 
-class AdminInBrowserTests(SimpleTestCase):
-    site: LiveSite
-    playwright: Playwright
-    browser: Browser
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        super().setUpClass()
-        cls.site = LiveSite()
-        cls.addClassCleanup(cls.site.stop)
-        cls.site.manage("migrate", "--verbosity=0")
-        cls.site.manage("shell", "--command", SEED)
-        cls.site.start()
-        cls.playwright = sync_playwright().start()
-        cls.addClassCleanup(cls.playwright.stop)
-        cls.browser = launch_chromium(cls.playwright)
-        cls.addClassCleanup(cls.browser.close)
+class AdminInBrowserTests(BrowserTestCase):
+    seed = SEED
 
     def setUp(self) -> None:
         context = self.browser.new_context(base_url=self.site.url, accept_downloads=True)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import re
 
-from django.test import SimpleTestCase
-from playwright.sync_api import Browser, Playwright, expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.browser import launch_chromium, screenshot
-from tests.live import LiveSite
+from tests.browser import BrowserTestCase, screenshot
 
 # Run by `manage.py shell` against the site's database before it starts.
 SEED = """
@@ -24,23 +22,8 @@ Document.objects.create(
 """
 
 
-class SignedURLsInBrowserTests(SimpleTestCase):
-    site: LiveSite
-    playwright: Playwright
-    browser: Browser
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        super().setUpClass()
-        cls.site = LiveSite()
-        cls.addClassCleanup(cls.site.stop)
-        cls.site.manage("migrate", "--verbosity=0")
-        cls.site.manage("shell", "--command", SEED)
-        cls.site.start()
-        cls.playwright = sync_playwright().start()
-        cls.addClassCleanup(cls.playwright.stop)
-        cls.browser = launch_chromium(cls.playwright)
-        cls.addClassCleanup(cls.browser.close)
+class SignedURLsInBrowserTests(BrowserTestCase):
+    seed = SEED
 
     def setUp(self) -> None:
         # A new context: no session, so only the signature lets the image through.
