@@ -14,8 +14,10 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.template.defaultfilters import filesizeformat
 from django.template.loader import render_to_string
+from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.http import urlencode
 from django.utils.translation import gettext
@@ -259,11 +261,22 @@ class APITokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             return
         token, secret = APIToken.objects.create_token(obj.user, obj.name)
         obj.pk = token.pk
-        self.message_user(
-            request,
-            f"The token's secret, shown this once (only its digest is stored): {secret}",
-            messages.WARNING,
-        )
+        request.blobstore_token_secret = secret  # type: ignore[attr-defined]  # for response_add
+
+    def response_add(
+        self, request: HttpRequest, obj: APIToken, post_url_continue: str | None = None
+    ) -> HttpResponse:
+        """Show the new token's secret on this page alone: never in a message or a cookie."""
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "token": obj,
+            "secret": request.blobstore_token_secret,  # type: ignore[attr-defined]
+            "title": gettext("API token created"),
+        }
+        response = TemplateResponse(request, "admin/blobstore/apitoken/created.html", context)
+        add_never_cache_headers(response)  # the secret must not stay in any cache
+        return response
 
     @admin.action(description=_("Revoke the selected tokens"))
     def revoke(self, request: HttpRequest, queryset: QuerySet[APIToken]) -> None:

@@ -61,7 +61,7 @@ EXPIRES_HEADER = "X-Blobstore-Expires"
 """The header that carries a blob's expiry time, as an HTTP date."""
 
 
-class BadRequest(Exception):
+class APIError(Exception):
     """The request cannot be served as asked: 4xx, or 503 when the server is too busy."""
 
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
@@ -96,7 +96,7 @@ async def _answer(
 ) -> HttpResponseBase:
     try:
         return await view()
-    except BadRequest as bad:
+    except APIError as bad:
         return error(bad.status, bad.message, bad.headers)
     except SuspiciousOperation as suspicious:  # e.g. too many query parameters
         return error(400, str(suspicious) or "The request is malformed.")
@@ -124,13 +124,13 @@ async def request_body(
     if length is not None:
         declared = bounded_number(length, MAX_CONTENT_LENGTH)
         if declared is None:
-            raise BadRequest(
+            raise APIError(
                 400, f"Content-Length must be a number of bytes, not {abbreviated(length)!r}."
             )
         if limit is not None and declared > limit:
-            raise BadRequest(413, _too_large(limit))
+            raise APIError(413, _too_large(limit))
         if declared >= MAX_CONTENT_LENGTH:
-            raise BadRequest(413, "The body is larger than any this server accepts.")
+            raise APIError(413, "The body is larger than any this server accepts.")
     if declared is not None and declared <= LARGE_BODY:
         yield _body_chunks(request)
         return
@@ -144,7 +144,7 @@ def storage_errors() -> Iterator[None]:
     try:
         yield
     except ObjectSizeExceededError as large:
-        raise BadRequest(413, _too_large(large.max_object_size)) from large
+        raise APIError(413, _too_large(large.max_object_size)) from large
 
 
 @dataclass
@@ -160,14 +160,14 @@ _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slots] = weakref.W
 
 @contextlib.asynccontextmanager
 async def _upload_slot() -> AsyncIterator[None]:
-    """Hold an upload slot for the block, or raise BadRequest (503) when none frees in time."""
+    """Hold an upload slot for the block, or raise APIError (503) when none frees in time."""
     loop = asyncio.get_running_loop()
     slots = _slots.setdefault(loop, _Slots())
     deadline = loop.time() + UPLOAD_SLOT_WAIT
     while slots.taken >= conf.BLOBSTORE_MAX_UPLOADS:
         remaining = deadline - loop.time()
         if remaining <= 0:
-            raise BadRequest(
+            raise APIError(
                 503,
                 "Too many uploads are under way; nothing was stored. Try again later.",
                 {"Retry-After": str(UNREACHABLE_RETRY_AFTER)},
@@ -208,7 +208,7 @@ async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
         try:
             message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
         except TimeoutError:
-            raise BadRequest(
+            raise APIError(
                 408,
                 f"The body arrived too slowly (less than {BODY_PROGRESS} bytes in "
                 f"{timeout:g} seconds); nothing was stored.",
@@ -216,7 +216,7 @@ async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
             ) from None
         if message["type"] == "http.disconnect":
             logger.debug("%s %s: the client went away mid-body", request.method, request.path)
-            raise BadRequest(400, "The client went away before the body was complete.")
+            raise APIError(400, "The client went away before the body was complete.")
         body = message.get("body", b"")
         progress += len(body)
         if progress >= BODY_PROGRESS:
@@ -318,9 +318,9 @@ def bounded_number(text: str, ceiling: int) -> int | None:
 
 
 def without_controls(name: str, text: str) -> str:
-    """Return text, or raise BadRequest (400) if it has a control character, as no key has."""
+    """Return text, or raise APIError (400) if it has a control character, as no key has."""
     if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
-        raise BadRequest(400, f"{name} must not contain control characters; no key has them.")
+        raise APIError(400, f"{name} must not contain control characters; no key has them.")
     return text
 
 
@@ -330,15 +330,15 @@ def abbreviated(text: str, size: int = 40) -> str:
 
 
 def checked_key(key: str) -> str:
-    """Return key if it is valid, or raise BadRequest (400)."""
+    """Return key if it is valid, or raise APIError (400)."""
     try:
         return validate_key(key)
     except ValueError as invalid:
-        raise BadRequest(400, str(invalid)) from invalid
+        raise APIError(400, str(invalid)) from invalid
 
 
 def require_utf8(request: HttpRequest) -> None:
-    """Raise BadRequest (400) unless the percent-encoded path and query are UTF-8.
+    """Raise APIError (400) unless the percent-encoded path and query are UTF-8.
 
     ASGI servers replace bytes that are not UTF-8 with U+FFFD, which would
     turn different keys into one.
@@ -350,4 +350,4 @@ def require_utf8(request: HttpRequest) -> None:
         try:
             unquote_to_bytes(part).decode()
         except UnicodeDecodeError:
-            raise BadRequest(400, "The URL's percent-encoded bytes are not UTF-8.") from None
+            raise APIError(400, "The URL's percent-encoded bytes are not UTF-8.") from None

@@ -26,7 +26,7 @@ from blobstore.auth import AccessDenied, authorize
 from blobstore.http import (
     EXPIRES_HEADER,
     META_HEADER_PREFIX,
-    BadRequest,
+    APIError,
     abbreviated,
     answer,
     blob_response,
@@ -117,7 +117,7 @@ class BlobListView(APIView):
                     prefix, delimiter=delimiter, after=after, limit=limit
                 )
         except ValueError as invalid:
-            raise BadRequest(400, str(invalid)) from invalid
+            raise APIError(400, str(invalid)) from invalid
         last = entries[-1] if len(entries) == limit else None
         page: dict[str, Any] = {
             "blobs": [_describe(entry) for entry in entries if isinstance(entry, BlobInfo)],
@@ -143,7 +143,7 @@ class BlobView(APIView):
             if looks_first:
                 expected = await storage().stat(key)
                 if expected is None:
-                    raise BadRequest(404, f"No blob has the key {key!r}.")
+                    raise APIError(404, f"No blob has the key {key!r}.")
                 conditional = _conditional(request, expected)
                 if conditional is not None:
                     return conditional
@@ -151,7 +151,7 @@ class BlobView(APIView):
             start, stop = byte_range or (0, None)
             stream = await storage().stream(key, start=start, stop=stop)
             if stream is None:
-                raise BadRequest(404, f"No blob has the key {key!r}.")
+                raise APIError(404, f"No blob has the key {key!r}.")
             if expected is None or stream.info.sha256 == expected.sha256:
                 response = await blob_response(stream, 206 if byte_range else 200)
                 if byte_range:
@@ -160,12 +160,12 @@ class BlobView(APIView):
                     )
                 return with_blob_headers(response, stream.info)
             await stream.aclose()  # replaced since its record was read: look again
-        raise BadRequest(409, f"The blob {key!r} kept changing while it was being read.")
+        raise APIError(409, f"The blob {key!r} kept changing while it was being read.")
 
     async def head(self, request: HttpRequest, key: str) -> HttpResponseBase:
         info = await storage().stat(checked_key(key))
         if info is None:
-            raise BadRequest(404, f"No blob has the key {key!r}.")
+            raise APIError(404, f"No blob has the key {key!r}.")
         conditional = _conditional(request, info)
         if conditional is not None:
             return conditional
@@ -208,20 +208,20 @@ async def _write(
     )
     if if_none_match is not None:
         if if_none_match.strip() != "*":
-            raise BadRequest(400, "PUT accepts only 'If-None-Match: *' (create only).")
+            raise APIError(400, "PUT accepts only 'If-None-Match: *' (create only).")
         exists = await store.exists(key)
         info = None if exists else await write(key, body, if_absent=True)
         if info is None:
-            raise BadRequest(412, f"A blob with the key {key!r} exists already.")
+            raise APIError(412, f"A blob with the key {key!r} exists already.")
         return True, info
     if if_match is not None:
         current = await store.stat(key)
         wanted = parse_etags(if_match)
         if current is None or ("*" not in wanted and etag(current) not in wanted):
-            raise BadRequest(412, "The blob does not match If-Match.")
+            raise APIError(412, "The blob does not match If-Match.")
         info = await write(key, body, if_sha256=current.sha256)
         if info is None:
-            raise BadRequest(412, "The blob changed while it was being replaced.")
+            raise APIError(412, "The blob changed while it was being replaced.")
         return False, info
     created = not await store.exists(key)
     info = await write(key, body)
@@ -253,7 +253,7 @@ def _attributes(request: HttpRequest) -> Attributes:
             request.headers.get("Content-Type") or None, metadata, _expires(request)
         )
     except (TypeError, ValueError) as invalid:
-        raise BadRequest(400, str(invalid)) from invalid
+        raise APIError(400, str(invalid)) from invalid
 
 
 def _expires(request: HttpRequest) -> datetime.datetime | None:
@@ -262,7 +262,7 @@ def _expires(request: HttpRequest) -> datetime.datetime | None:
         return None
     seconds = parse_http_date_safe(header)
     if seconds is None:
-        raise BadRequest(
+        raise APIError(
             400,
             f"{EXPIRES_HEADER} must be an HTTP date such as 'Wed, 21 Oct 2026 07:28:00 GMT', "
             f"not {abbreviated(header)!r}.",
@@ -282,7 +282,7 @@ def _requested_range(request: HttpRequest, info: BlobInfo) -> tuple[int, int] | 
     if len(specs) > 1:
         return None  # several ranges: the whole blob, rather than multipart
     first, dash, last = specs[0].strip().partition("-")
-    unsatisfiable = BadRequest(
+    unsatisfiable = APIError(
         416,
         f"The range {abbreviated(header)!r} is not within the blob's {info.size} bytes.",
         {"Content-Range": f"bytes */{info.size}"},
@@ -339,7 +339,7 @@ def _delimiter(value: str | None) -> str | None:
     if value is None:
         return None
     if not 1 <= len(value) <= MAX_DELIMITER_LENGTH:
-        raise BadRequest(
+        raise APIError(
             400, f"delimiter must be 1 to {MAX_DELIMITER_LENGTH} characters, such as '/'."
         )
     return without_controls("delimiter", value)
@@ -350,7 +350,7 @@ def _page_size(value: str | None) -> int:
         return min(DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     size = bounded_number(value, MAX_PAGE_SIZE + 1)
     if size is None or not 1 <= size <= MAX_PAGE_SIZE:
-        raise BadRequest(
+        raise APIError(
             400, f"limit must be a number from 1 to {MAX_PAGE_SIZE}, not {abbreviated(value)!r}."
         )
     return size
@@ -367,7 +367,7 @@ def _decode_cursor(cursor: str | None) -> str:
         padded = cursor + "=" * (-len(cursor) % 4)
         key = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise BadRequest(
+        raise APIError(
             400, f"The cursor {abbreviated(cursor)!r} is not one this API gave out."
         ) from None
     return without_controls("cursor", key)

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from django.contrib.auth.models import Permission, User
+from django.contrib.messages import get_messages
 from django.core.management import CommandError, call_command
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
@@ -434,14 +435,17 @@ class TokenAdminTests(TestCase):
 
     def test_adding_a_token_shows_its_secret_once(self) -> None:
         response = self.client.post(
-            "/admin/blobstore/apitoken/add/",
-            {"user": self.admin.pk, "name": "laptop"},
-            follow=True,
+            "/admin/blobstore/apitoken/add/", {"user": self.admin.pk, "name": "laptop"}
         )
-        (message,) = [str(m) for m in response.context["messages"] if "secret" in str(m)]
-        secret = message.rsplit(" ", 1)[1]
+        self.assertEqual(response.status_code, 200)  # the page itself, not a redirect
+        secret = response.context["secret"]
+        self.assertContains(response, '<code class="token-secret"')
+        self.assertIn("no-store", response["Cache-Control"])
         token = APIToken.objects.get(name="laptop")
         self.assertEqual(token.digest, hashlib.sha256(secret.encode()).hexdigest())
+        # Not in a message, so in no cookie or session either.
+        self.assertEqual(list(get_messages(response.wsgi_request)), [])
+        self.assertNotIn(secret, str(response.cookies))
         listing = self.client.get("/admin/blobstore/apitoken/")
         self.assertNotContains(listing, secret)
 

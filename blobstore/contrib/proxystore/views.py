@@ -26,7 +26,7 @@ from blobstore.contrib.proxystore import (
     storage_alias,
 )
 from blobstore.http import (
-    BadRequest,
+    APIError,
     abbreviated,
     answer,
     blob_response,
@@ -118,16 +118,16 @@ def _storage() -> StreamingStorage:
 def _key(request: HttpRequest) -> str:
     key = request.GET.get("key")
     if key is None:
-        raise BadRequest(400, "The request has no key parameter.")
+        raise APIError(400, "The request has no key parameter.")
     return checked_key(key_prefix() + key)
 
 
 async def _not_empty(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Return body's chunks, or raise BadRequest (400) if it brings no byte at all."""
+    """Return body's chunks, or raise APIError (400) if it brings no byte at all."""
     async for chunk in body:
         if chunk:
             return _chained(chunk, body)
-    raise BadRequest(400, "The request has an empty body; nothing was stored.")
+    raise APIError(400, "The request has an empty body; nothing was stored.")
 
 
 async def _chained(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -145,7 +145,7 @@ def _check_endpoint(value: str | None) -> None:
     try:
         uuid.UUID(value)
     except ValueError:
-        raise BadRequest(400, f"endpoint must be a UUID, not {abbreviated(value)!r}.") from None
+        raise APIError(400, f"endpoint must be a UUID, not {abbreviated(value)!r}.") from None
 
 
 def _refusal(request: HttpRequest) -> HttpResponseBase | None:
