@@ -21,8 +21,6 @@ from asgiref.sync import async_to_sync
 from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile, UploadedFile
-from django.core.signals import request_finished, request_started
-from django.db import close_old_connections
 from django.http import StreamingHttpResponse
 from django.test import override_settings
 from django.urls import reverse
@@ -33,9 +31,9 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.extra.django import TestCase
 
 from blobstore.admin_forms import BlobAddForm
-from blobstore.asgi import get_asgi_application
-from blobstore.models import APIToken, Blob, BlobChunk
+from blobstore.models import Blob, BlobChunk
 from blobstore.storage import MAX_KEY_LENGTH, ORMStorage
+from tests.test_asgi import ShortPathTestCase
 
 DATABASES = ("default", "postgres")
 Test = TypeVar("Test", bound=Callable[..., None])
@@ -289,33 +287,8 @@ class StorageAPITests(KeyTestCase):
                 await call
 
 
-class HTTPTestCase(KeyTestCase):
+class HTTPTestCase(ShortPathTestCase, KeyTestCase):
     """Requests through the site's own ASGI application, as uvicorn would make them."""
-
-    token: str
-
-    @classmethod
-    def setUpTestData(cls) -> None:
-        admin = User.objects.create_superuser("admin", password="pw")
-        cls.token = APIToken.objects.create_token(admin)[1]
-
-    def setUp(self) -> None:
-        # Django's test client does the same: requests inside the test's transaction
-        # must not close its connection when they end.
-        for signal in (request_started, request_finished):
-            signal.disconnect(close_old_connections)
-            self.addCleanup(signal.connect, close_old_connections)
-
-    def http(self) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(
-            app=get_asgi_application(),  # type: ignore[arg-type]  # httpx wants MutableMapping
-            client=("127.0.0.1", 4321),
-        )
-        return httpx.AsyncClient(
-            transport=transport,
-            base_url="http://localhost",
-            headers={"Authorization": f"Bearer {self.token}"},
-        )
 
     def on(self, alias: str) -> Any:
         """Serve the routes from an ORMStorage on database alias."""
