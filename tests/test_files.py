@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import io
 import os
+import subprocess
+import sys
 import tempfile
 from io import StringIO
 from pathlib import Path
@@ -32,6 +34,8 @@ from project.models import Document
 from tests.images import png
 
 DICT = {"default": {"BACKEND": "blobstore.storage.DictStorage", "OPTIONS": {}}}
+# In memory: each test's storages.reset() starts an empty database.
+SQLITE = {"default": {"BACKEND": "blobstore.storage.SQLiteStorage", "OPTIONS": {}}}
 POSTGRES = {
     "default": {"BACKEND": "blobstore.storage.ORMStorage", "OPTIONS": {"using": "postgres"}}
 }
@@ -300,6 +304,45 @@ def upload_view(request: HttpRequest) -> HttpResponse:
 urlpatterns = [path("upload", upload_view)]
 
 
+@override_settings(BLOBSTORE_STORAGES=SQLITE)
+class SQLiteStorageAPITests(StorageAPITests):
+    """The same on a SQLiteStorage, whose one connection serves each sync call's own event loop."""
+
+
+class SyncProgramTests(SimpleTestCase):
+    """A program that uses BlobFileStorage synchronously and never closes a storage."""
+
+    def test_it_exits_over_a_sqlite_file(self) -> None:
+        # aiosqlite's thread is not a daemon: left open, it kept the process alive at exit.
+        with tempfile.TemporaryDirectory() as directory:
+            program = SYNC_PROGRAM.format(database=os.path.join(directory, "blobs.sqlite3"))
+            done = subprocess.run(
+                [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+            )
+        self.assertEqual((done.returncode, done.stderr), (0, ""))
+        self.assertEqual(done.stdout.split(), ["a.txt", "hello", "True"])
+
+
+SYNC_PROGRAM = """
+import django
+from django.conf import settings
+settings.configure(
+    INSTALLED_APPS=["blobstore"],
+    BLOBSTORE_STORAGES={{"default": {{
+        "BACKEND": "blobstore.storage.SQLiteStorage",
+        "OPTIONS": {{"database_path": {database!r}}},
+    }}}},
+)
+django.setup()
+from django.core.files.base import ContentFile
+from blobstore.files import BlobFileStorage
+storage = BlobFileStorage(location="media/")
+print(storage.save("a.txt", ContentFile(b"hello")))
+print(storage.open("a.txt").read().decode())
+print(storage.exists("a.txt"))
+"""
+
+
 class StreamingTests(DictTestCase):
     """Files move in bounded pieces, and opening reads nothing."""
 
@@ -358,6 +401,11 @@ class StreamingTests(DictTestCase):
         with self.storage.open("big.bin") as source:
             BlobFileStorage(location="copy/").save("big.bin", source)
         self.assertEqual(BlobFileStorage(location="copy/").size("big.bin"), len(self.data))
+
+
+@override_settings(BLOBSTORE_STORAGES=SQLITE)
+class SQLiteStreamingTests(StreamingTests):
+    """The same on a SQLiteStorage."""
 
 
 class AsyncTests(DictTestCase):

@@ -14,8 +14,10 @@ import json
 import os
 import pathlib
 import sqlite3
+import threading
 import time
 import uuid
+import weakref
 
 import aiosqlite
 
@@ -142,14 +144,23 @@ class SQLiteStorage(ChunkedStorage):
         return self._db
 
     async def _open(self) -> aiosqlite.Connection:
-        # isolation_level=None: each statement commits by itself, with no
-        # BEGIN/COMMIT round trips through aiosqlite's thread.
-        db = await aiosqlite.connect(self.database_path, timeout=self.timeout, isolation_level=None)
+        db = await self._connect()
         try:
             await self._prepare(db)
         except BaseException:
             await db.close()
             raise
+        return db
+
+    async def _connect(self) -> aiosqlite.Connection:
+        """Open a connection whose thread will not keep the process alive once the main one ends."""
+        # isolation_level=None: each statement commits by itself, with no
+        # BEGIN/COMMIT round trips through aiosqlite's thread.
+        db = await aiosqlite.connect(self.database_path, timeout=self.timeout, isolation_level=None)
+        _open_connections.add(db)
+        with _closer_lock:
+            if _closer.ident is None:
+                _closer.start()
         return db
 
     async def _prepare(self, db: aiosqlite.Connection) -> None:
@@ -289,9 +300,7 @@ class SQLiteStorage(ChunkedStorage):
             # No other connection sees this database: read on the one there is.
             return await _ChunkReader.open(await self.db(), version, first, last, owned=False)
         # A connection of its own, whose statement keeps a snapshot while it runs.
-        own = await run_to_end(
-            aiosqlite.connect(self.database_path, timeout=self.timeout, isolation_level=None)
-        )
+        own = await run_to_end(self._connect())
         return await run_to_end(_ChunkReader.open(own, version, first, last, owned=True))
 
     async def _open_sink(self) -> ChunkSink:
@@ -411,6 +420,23 @@ def _info(
         _time(updated if created is None else created),
         None if expires is None else _time(expires),
     )
+
+
+def _close_open_connections() -> None:
+    # aiosqlite's worker thread is not a daemon: a storage left open (a shell,
+    # a sync program using BlobFileStorage, a server without lifespan events)
+    # would make the interpreter wait for it forever at exit. Python releases
+    # the main thread's join before it waits for the other threads.
+    threading.main_thread().join()
+    for db in list(_open_connections):
+        db.stop()
+
+
+_open_connections: weakref.WeakSet[aiosqlite.Connection] = weakref.WeakSet()
+_closer = threading.Thread(
+    target=_close_open_connections, name="blobstore-sqlite-closer", daemon=True
+)
+_closer_lock = threading.Lock()
 
 
 def _time(timestamp: float) -> datetime.datetime:
