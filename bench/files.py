@@ -58,12 +58,18 @@ PEERS = {
 STORAGES: dict[str, dict[str, Any]] = {
     "FileSystemStorage": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "BlobFileStorage": {"BACKEND": "blobstore.files.BlobFileStorage"},
+    "BlobFileStorage/SQLiteStorage": {"BACKEND": "blobstore.files.BlobFileStorage"},
     "db-file-storage": {"BACKEND": "db_file_storage.storage.DatabaseFileStorage"},
     "binary-database-files": {"BACKEND": "binary_database_files.storage.DatabaseStorage"},
 }
 UPLOAD_TO = {"db-file-storage": "filemodels.DBFile/bytes/filename/mimetype"}
 """Where a FileField puts files, for the storages that need a special form of it."""
 DATABASE_PEERS = ("db-file-storage", "binary-database-files")
+OURS = {
+    "sqlite": ("BlobFileStorage", "BlobFileStorage/SQLiteStorage"),
+    "postgres": ("BlobFileStorage",),
+}
+"""Our storages on each database: over ORMStorage, and over a SQLiteStorage file beside SQLite's."""
 
 
 def main() -> None:
@@ -98,8 +104,8 @@ def run_all(options: argparse.Namespace, directory: str, pg_name: str) -> dict[s
     results: dict[str, Any] = {}
     for database in ("sqlite", "postgres"):
         for storage in STORAGES:
-            if storage == "FileSystemStorage" and database == "postgres":
-                continue  # files on disk: the database holds only the row
+            if database == "postgres" and storage in ("FileSystemStorage", *OURS["sqlite"][1:]):
+                continue  # files on disk, or in a SQLite file: the database holds only the row
             results[f"large {storage} {database}"] = worker(
                 "large", storage, database, directory, pg_name, options
             )
@@ -182,12 +188,7 @@ def configure(storage: str, database: str, directory: str) -> None:
         ],
         DATABASES={"default": db},
         DEFAULT_AUTO_FIELD="django.db.models.BigAutoField",
-        BLOBSTORE_STORAGES={
-            "default": {
-                "BACKEND": "blobstore.storage.ORMStorage",
-                "OPTIONS": {"max_object_size": None},
-            }
-        },
+        BLOBSTORE_STORAGES={"default": blob_storage(storage, directory)},
         STORAGES={"default": backend},
         MEDIA_ROOT=f"{directory}/media",
         DB_FILES_AUTO_EXPORT_DB_TO_FS=False,  # django-binary-database-files: database only
@@ -197,6 +198,16 @@ def configure(storage: str, database: str, directory: str) -> None:
     from bench.filemodels.models import Upload
 
     Upload._meta.get_field("file").upload_to = UPLOAD_TO.get(storage, "bench/")
+
+
+def blob_storage(storage: str, directory: str) -> dict[str, Any]:
+    """Return the BLOBSTORE_STORAGES entry that the named storage keeps its files in."""
+    if storage == "BlobFileStorage/SQLiteStorage":
+        return {
+            "BACKEND": "blobstore.storage.SQLiteStorage",
+            "OPTIONS": {"database_path": f"{directory}/blobs.sqlite3", "max_object_size": None},
+        }
+    return {"BACKEND": "blobstore.storage.ORMStorage", "OPTIONS": {"max_object_size": None}}
 
 
 def large(source: Path, size_mib: int) -> dict[str, Any]:
@@ -324,65 +335,72 @@ def _status(field: str) -> int:
 # The report
 
 
+def report_large(
+    storage: str, database: str, ours: dict[str, Any], peers: list[dict[str, Any]]
+) -> None:
+    for way in ("save", "read"):
+        key = f"{way} MiB/s"
+        line = f"  {storage} on {database}, {way}: / faster peer = "
+        if "error" in ours or not peers:
+            print(line + "n/a")
+            continue
+        ratio = ours[key] / max(figures[key] for figures in peers)
+        verdict = "meets" if ratio >= 3 else "misses"
+        print(line + f"{ratio:,.1f}x ({verdict} the target of 3x)")
+    if "error" not in ours:
+        worst = max(ours["save RSS MiB"], ours["read RSS MiB"])
+        verdict = "meets" if worst < 32 else "misses"
+        print(f"  {storage} on {database}: peak RSS growth {worst:,.1f} MiB "
+              f"({verdict} the target of < 32 MiB)")  # fmt: skip
+
+
 def report(results: dict[str, Any], options: argparse.Namespace) -> None:
     print()
     print(f"FileField, one file of {options.large_mib} MiB (save, then read with chunks()):")
-    print(f"  {'storage':<24}{'database':<10}{'save MiB/s':>11}{'read MiB/s':>11}"
+    print(f"  {'storage':<32}{'database':<10}{'save MiB/s':>11}{'read MiB/s':>11}"
           f"{'save RSS':>10}{'read RSS':>10}")  # fmt: skip
     for name, figures in results.items():
         if name.startswith("large "):
             _, storage, database = name.split()
             if "error" in figures:
-                print(f"  {storage:<24}{database:<10}  failed: {figures['error']}")
+                print(f"  {storage:<32}{database:<10}  failed: {figures['error']}")
                 continue
             print(
-                f"  {storage:<24}{database:<10}{figures['save MiB/s']:>11,.0f}"
+                f"  {storage:<32}{database:<10}{figures['save MiB/s']:>11,.0f}"
                 f"{figures['read MiB/s']:>11,.0f}{figures['save RSS MiB']:>8,.1f}MB"
                 f"{figures['read RSS MiB']:>8,.1f}MB"
             )
-    for database in ("sqlite", "postgres"):
-        ours = results[f"large BlobFileStorage {database}"]
+    for database, storages in OURS.items():
         peers = [results[f"large {peer} {database}"] for peer in DATABASE_PEERS]
         peers = [figures for figures in peers if "error" not in figures]
-        for way in ("save", "read"):
-            key = f"{way} MiB/s"
-            line = f"  {database} {way}: BlobFileStorage / faster peer = "
-            if "error" in ours or not peers:
-                print(line + "n/a")
-                continue
-            best = max(figures[key] for figures in peers)
-            ratio = ours[key] / best
-            verdict = "meets" if ratio >= 3 else "misses"
-            print(line + f"{ratio:,.1f}x ({verdict} the target of 3x)")
-        if "error" not in ours:
-            worst = max(ours["save RSS MiB"], ours["read RSS MiB"])
-            verdict = "meets" if worst < 32 else "misses"
-            print(f"  {database}: BlobFileStorage peak RSS growth {worst:,.1f} MiB "
-                  f"({verdict} the target of < 32 MiB)")  # fmt: skip
+        for storage in storages:
+            report_large(storage, database, results[f"large {storage} {database}"], peers)
     fs = results["large FileSystemStorage sqlite"]
-    ours = results["large BlobFileStorage sqlite"]
-    if "error" not in fs and "error" not in ours:
-        print(
-            f"  BlobFileStorage (SQLite) / FileSystemStorage: save "
-            f"{ours['save MiB/s'] / fs['save MiB/s']:.2f}x, read "
-            f"{ours['read MiB/s'] / fs['read MiB/s']:.2f}x"
-        )
+    for storage in OURS["sqlite"]:
+        ours = results[f"large {storage} sqlite"]
+        if "error" not in fs and "error" not in ours:
+            print(
+                f"  {storage} on sqlite / FileSystemStorage: save "
+                f"{ours['save MiB/s'] / fs['save MiB/s']:.2f}x, read "
+                f"{ours['read MiB/s'] / fs['read MiB/s']:.2f}x"
+            )
     print()
     print(f"{options.small} saves of 10 KiB through a model form, SQLite:")
     for storage in STORAGES:
         figures = results[f"small {storage}"]
         text = figures.get("error") or f"{figures['saves/s']:,.0f} saves/s"
-        print(f"  {storage:<24}{text}")
-    ours = results["small BlobFileStorage"]
-    if "error" not in ours:
-        for other in STORAGES:
+        print(f"  {storage:<32}{text}")
+    for storage in OURS["sqlite"]:
+        ours = results[f"small {storage}"]
+        others = [other for other in STORAGES if other not in OURS["sqlite"]]
+        for other in others if "error" not in ours else []:
             theirs = results[f"small {other}"]
-            if other == "BlobFileStorage" or "error" in theirs:
+            if "error" in theirs:
                 continue
             target = 0.3 if other == "FileSystemStorage" else 2.0
             ratio = ours["saves/s"] / theirs["saves/s"]
             verdict = "meets" if ratio >= target else "misses"
-            print(f"  BlobFileStorage / {other}: {ratio:,.2f}x "
+            print(f"  {storage} / {other}: {ratio:,.2f}x "
                   f"({verdict} the target of {target}x)")  # fmt: skip
     print()
     print(f"listdir of a folder of {FOLDER_SIZE} files among {options.blobs:,} blobs "
