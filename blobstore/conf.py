@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
@@ -67,3 +68,14 @@ class Settings:
 
 
 conf = Settings()
+
+
+def require_installed() -> None:
+    """Raise ImproperlyConfigured, naming the fix, if blobstore is not in INSTALLED_APPS."""
+    # Without it, Django's model metaclass fails deep inside the first import of
+    # blobstore's URLs or models, with a message that names no fix.
+    if apps.apps_ready and not apps.is_installed("blobstore"):
+        raise ImproperlyConfigured(
+            'blobstore is not in INSTALLED_APPS: add "blobstore" to INSTALLED_APPS in your '
+            "settings, then run manage.py migrate."
+        )

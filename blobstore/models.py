@@ -12,7 +12,10 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
+from blobstore.conf import require_installed
 from blobstore.storage.base import MAX_CONTENT_TYPE_LENGTH, MAX_KEY_LENGTH, OCTET_STREAM
+
+require_installed()
 
 TOKEN_PREFIX = "bs_"
 """Every API token secret starts so, which lets secret scanners find leaked ones."""

@@ -26,6 +26,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def wait_until_serving(server: subprocess.Popen[bytes], url: str, log_path: Path) -> None:
+    """Return once url answers; raise with the server's log if it exits or stays silent."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited: {log_path.read_text(errors='replace')}")
+        try:
+            httpx.get(url, timeout=2)
+            return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within 60 s")
+
+
 class LiveSite:
     """The demo site on a fresh database: SQLite in a temporary directory, or database_url."""
 
@@ -81,16 +95,7 @@ class LiveSite:
             self.server = subprocess.Popen(
                 command, cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.server.poll() is not None:
-                raise RuntimeError(f"rundemo exited: {self.log()}")
-            try:
-                httpx.get(f"{self.url}/admin/login/", timeout=2)
-                return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError("the demo site did not answer within 60 s")
+        wait_until_serving(self.server, f"{self.url}/admin/login/", self.log_path)
 
     def log(self) -> str:
         """Return what the server has written to its stdout and stderr so far."""
