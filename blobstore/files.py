@@ -114,6 +114,17 @@ class BlobFileStorage(Storage):
             raise FileNotFoundError(f"No file is called {name!r}.")
         return BlobFile(self.store, info, name, mode)
 
+    def save(self, name: str | None, content: Any, max_length: int | None = None) -> str:
+        """Save content under name, or under a free name like it; return the name it got."""
+        if name is not None and (max_length is None or len(name) <= max_length):
+            # The name itself first, in one round trip: choosing a free name
+            # and then writing, as Django's save() does, takes two.
+            validate_file_name(name, allow_relative_path=True)
+            file = content if hasattr(content, "chunks") else File(content, name)
+            if self._write(name, file, if_absent=not self.allow_overwrite):
+                return clean_name(name)
+        return super().save(name, content, max_length)
+
     def _save(self, name: str, content: File[Any]) -> str:
         while not self._write(name, content, if_absent=not self.allow_overwrite):
             # Another save took the name since it was chosen: choose again.
