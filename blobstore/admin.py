@@ -281,7 +281,8 @@ class APITokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             super().save_model(request, obj, form, change)
             return
         token, secret = APIToken.objects.create_token(obj.user, obj.name)
-        obj.pk = token.pk
+        # The page that follows names the token as the list does.
+        obj.pk, obj.hint, obj.created = token.pk, token.hint, token.created
         request.blobstore_token_secret = secret  # type: ignore[attr-defined]  # for response_add
 
     def response_add(
