@@ -12,7 +12,6 @@ from django.core.paginator import Paginator
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
-from django.template.defaultfilters import filesizeformat
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
@@ -20,10 +19,10 @@ from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.http import urlencode
-from django.utils.translation import gettext
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from blobstore.admin_forms import BlobAddForm, BlobChangeForm, size_in_bytes
+from blobstore.admin_forms import BlobAddForm, BlobChangeForm, human_size, size_in_bytes
 from blobstore.admin_list import (
     BlobPaginator,
     FolderListFilter,
@@ -101,7 +100,7 @@ class BlobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.display(description=_("size"), ordering="size")
     def human_size(self, blob: Blob) -> str:
-        return filesizeformat(blob.size)
+        return human_size(blob.size)
 
     @admin.display(description=_("SHA-256"), ordering="sha256")
     def short_digest(self, blob: Blob) -> str:
@@ -118,9 +117,12 @@ class BlobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         if head is None:  # deleted since the page was asked for
             return self.get_empty_value_display()
         info, data = head
+        preview = make_preview(data, info.size)
         context = {
             "blob": blob,
-            "preview": make_preview(data, info.size),
+            "preview": preview,
+            "blob_size": human_size(preview.size),
+            "shown_size": human_size(preview.shown),
             "image_url": self._url("image", blob),
         }
         return render_to_string("admin/blobstore/blob/preview.html", context)
@@ -240,10 +242,29 @@ class BlobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         )
 
 
+class TokenStatusListFilter(admin.SimpleListFilter):
+    """Filter tokens by whether they still work: active or revoked."""
+
+    title = _("status")
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [("active", _("Active")), ("revoked", _("Revoked"))]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[APIToken]
+    ) -> QuerySet[APIToken] | None:
+        if self.value() == "active":
+            return queryset.filter(revoked=None)
+        if self.value() == "revoked":
+            return queryset.exclude(revoked=None)
+        return None
+
+
 @admin.register(APIToken)
 class APITokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     list_display = ["hint", "user", "name", "created", "revoked"]
-    list_filter = [("revoked", admin.EmptyFieldListFilter)]
+    list_filter = [TokenStatusListFilter]
     search_fields = ["user__username", "name", "hint"]
     actions = ["revoke"]
 
@@ -260,7 +281,8 @@ class APITokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             super().save_model(request, obj, form, change)
             return
         token, secret = APIToken.objects.create_token(obj.user, obj.name)
-        obj.pk = token.pk
+        # The page that follows names the token as the list does.
+        obj.pk, obj.hint, obj.created = token.pk, token.hint, token.created
         request.blobstore_token_secret = secret  # type: ignore[attr-defined]  # for response_add
 
     def response_add(
@@ -280,5 +302,20 @@ class APITokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     @admin.action(description=_("Revoke the selected tokens"))
     def revoke(self, request: HttpRequest, queryset: QuerySet[APIToken]) -> None:
-        revoked = queryset.filter(revoked=None).update(revoked=timezone.now())
-        self.message_user(request, f"Revoked {revoked} token(s).", messages.SUCCESS)
+        active = queryset.filter(revoked=None)
+        # Named by their first characters, which are no secret: the list shows them too.
+        hints = ", ".join(
+            f"{hint}…" for hint in active.order_by("hint").values_list("hint", flat=True)
+        )
+        revoked = active.update(revoked=timezone.now())
+        if not revoked:
+            self.message_user(
+                request, gettext("The selected tokens were revoked already."), messages.WARNING
+            )
+            return
+        message = ngettext(
+            "Revoked the token %(hints)s: programs that send it are refused from now on.",
+            "Revoked %(count)d tokens, %(hints)s: programs that send them are refused from now on.",
+            revoked,
+        )
+        self.message_user(request, message % {"count": revoked, "hints": hints}, messages.SUCCESS)

@@ -10,15 +10,17 @@ from asgiref.sync import async_to_sync
 from django import forms
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
-from django.template.defaultfilters import filesizeformat
 from django.utils import timezone
 from django.utils.formats import localize, number_format
+from django.utils.html import avoid_wrapping
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from blobstore.admin_views import blob_storage
+from blobstore.exceptions import size_limit_advice
 from blobstore.models import Blob
-from blobstore.storage import MAX_KEY_LENGTH, ORMStorage
+from blobstore.sizes import format_size
+from blobstore.storage import MAX_KEY_LENGTH, ORMStorage, storages
 from blobstore.storage.base import (
     MAX_CONTENT_TYPE_LENGTH,
     OCTET_STREAM,
@@ -70,13 +72,22 @@ class BlobUploadForm(forms.ModelForm):  # type: ignore[type-arg]
         """Return the storage that keeps the blob this form writes."""
         return blob_storage(self.instance._state.db)
 
+    @property
+    def storage_alias(self) -> str | None:
+        """Return the BLOBSTORE_STORAGES alias of the storage, or None if none configures it."""
+        return next((alias for alias in storages.backends if storages[alias] is self.storage), None)
+
     def clean_file(self) -> UploadedFile[bytes] | None:
         upload: UploadedFile[bytes] | None = self.cleaned_data["file"]
         limit = self.storage.max_object_size
         if upload is not None and limit is not None and (upload.size or 0) > limit:
             raise ValidationError(
-                gettext("The file has %(size)s; blobs here may have at most %(limit)s.")
-                % {"size": size_in_bytes(upload.size or 0), "limit": size_in_bytes(limit)},
+                gettext("The file has %(size)s; blobs here may have at most %(limit)s. %(fix)s")
+                % {
+                    "size": human_size(upload.size or 0),
+                    "limit": human_size(limit),
+                    "fix": size_limit_advice(self.storage_alias),
+                },
                 code="too_large",
             )
         return upload
@@ -145,7 +156,7 @@ class BlobAddForm(BlobUploadForm):
                     "file again."
                 )
                 % {
-                    "size": filesizeformat(existing.size),
+                    "size": human_size(existing.size),
                     "updated": localize(timezone.localtime(existing.updated)),
                 },
                 code="exists",
@@ -214,9 +225,11 @@ def key_error(key: str) -> ValidationError:
     )
 
 
+def human_size(size: int) -> str:
+    """Return size for an admin page: in binary units, never broken across lines."""
+    return avoid_wrapping(format_size(size))
+
+
 def size_in_bytes(size: int) -> str:
-    """Return size for people, and in bytes too when it is rounded."""
-    rounded = filesizeformat(size)
-    if size < 1024:  # filesizeformat counts bytes exactly up to here
-        return rounded
-    return f"{rounded} ({number_format(size, force_grouping=True)} bytes)"
+    """Return size for an admin page, and in bytes too when it is rounded."""
+    return avoid_wrapping(format_size(size, exact=True))

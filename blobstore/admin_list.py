@@ -15,11 +15,11 @@ from django.db import connections
 from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import Substr
 from django.http import HttpRequest
-from django.template.defaultfilters import filesizeformat
 from django.utils.formats import number_format
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
+from blobstore.admin_forms import human_size
 from blobstore.admin_views import blob_storage
 from blobstore.models import Blob
 from blobstore.storage.base import prefix_end, validate_listing
@@ -30,7 +30,7 @@ ESTIMATE_ABOVE = 10_000
 SAMPLE_ROWS = 5_000
 """About how many rows the estimate of the mean size samples."""
 
-KB, MB = 1024, 1024 * 1024
+KIB, MIB = 1024, 1024 * 1024
 
 MAX_ROWS = 2**63 - 1
 """The largest size, row count or offset a database's 64-bit integers hold."""
@@ -47,7 +47,7 @@ class Totals:
     def __str__(self) -> str:
         figures = {
             "count": number_format(self.count, force_grouping=True),
-            "size": filesizeformat(self.size),
+            "size": human_size(self.size),
         }
         if self.estimated:
             return (
@@ -129,10 +129,10 @@ class BlobPaginator(Paginator):  # type: ignore[type-arg]
 
 SIZE_RANGES = [
     ("0-1", _("empty")),
-    (f"1-{KB}", _("under 1 KB")),
-    (f"{KB}-{MB}", _("1 KB to 1 MB")),
-    (f"{MB}-{10 * MB}", _("1 MB to 10 MB")),
-    (f"{10 * MB}-", _("10 MB or more")),
+    (f"1-{KIB}", _("under 1 KiB")),
+    (f"{KIB}-{MIB}", _("1 KiB to 1 MiB")),
+    (f"{MIB}-{10 * MIB}", _("1 MiB to 10 MiB")),
+    (f"{10 * MIB}-", _("10 MiB or more")),
 ]
 """The size filter's choices: "LOW-HIGH" in bytes, LOW included, HIGH excluded or absent."""
 

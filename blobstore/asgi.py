@@ -45,7 +45,7 @@ from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
 from django.core.handlers.asgi import get_script_prefix
 from django.core.handlers.base import BaseHandler
 from django.core.handlers.exception import convert_exception_to_response
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.urls import Resolver404, ResolverMatch, get_resolver, set_script_prefix
 from django.utils.module_loading import import_string
@@ -63,6 +63,12 @@ RECEIVE_KEY = "blobstore.receive"
 """The scope key under which an API view finds the request body's messages."""
 MATCH_KEY = "blobstore.match"
 """The scope key that marks an API request, and holds its URL's match."""
+
+UNKNOWN_HOST = (
+    "The Host header names a host that this site does not serve; the site's ALLOWED_HOSTS "
+    "must list it."
+)
+"""The error of a request whose Host is outside ALLOWED_HOSTS."""
 
 security_logger = logging.getLogger("django.security.DisallowedHost")
 
@@ -221,14 +227,14 @@ class APIResponseHandler(BaseHandler):
         async def host_checked(request: HttpRequest) -> HttpResponseBase:
             # What CommonMiddleware would do first: a Host outside ALLOWED_HOSTS
             # (DNS rebinding, a stray virtual host) reaches no view.
+            # blobstore.http imports this module: its helper is imported when needed.
+            from blobstore.http import error
+
             try:
                 request.get_host()
             except DisallowedHost as refused:
                 security_logger.error(str(refused), extra={"status_code": 400, "request": request})
-                response = JsonResponse(
-                    {"error": "The Host header names a host that this site does not serve."},
-                    status=400,
-                )
+                response = error(400, UNKNOWN_HOST)
                 response._has_been_logged = True  # type: ignore[attr-defined]
                 return response
             return await handler(request)

@@ -62,7 +62,10 @@ async def authorize(request: HttpRequest, method: str, key: str | None = None) -
     if not user.is_authenticated:
         raise AccessDenied(401, "Authentication required: log in or send an API token.")
     if not await user.ahas_perms(PERMISSIONS[method]):
-        raise AccessDenied(403, f"You lack the permission to {method} blobs.")
+        needed = " and ".join(PERMISSIONS[method])
+        raise AccessDenied(
+            403, f"You lack the permission to {method} blobs; an administrator can grant {needed}."
+        )
     return user
 
 
@@ -75,7 +78,11 @@ async def _authenticate(request: HttpRequest) -> tuple[User, bool]:
         raise AccessDenied(401, "The Authorization header must be 'Bearer <token>'.")
     token = await APIToken.objects.aget_active(secret.strip())
     if token is None:
-        raise AccessDenied(401, "The API token is invalid or revoked.")
+        raise AccessDenied(
+            401,
+            "The API token is invalid or revoked; make a new one in the admin or with "
+            "'manage.py blobstore token USERNAME'.",
+        )
     return token.user, True
 
 
@@ -105,4 +112,6 @@ def _check_csrf(request: HttpRequest) -> None:
     check.process_request(request)
     reason = check.process_view(request, None, (), {})  # type: ignore[arg-type]
     if reason:
-        raise AccessDenied(403, f"CSRF check failed: {reason}")
+        raise AccessDenied(
+            403, f"CSRF check failed: {reason} Programs should send an API token, not a session."
+        )

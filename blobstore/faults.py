@@ -49,9 +49,11 @@ class Fault:
 
     def response(self) -> JsonResponse:
         """Return the JSON error response that tells the client."""
-        response = JsonResponse({"error": self.message}, status=self.status)
-        if self.retry_after is not None:
-            response["Retry-After"] = str(self.retry_after)
+        # blobstore.http imports this module: its helper is imported when needed.
+        from blobstore.http import error
+
+        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        response = error(self.status, self.message, headers)
         # Logged once, by log_fault(); Django's handler would log a 5xx again.
         response._has_been_logged = True  # type: ignore[attr-defined]
         return response
@@ -59,12 +61,13 @@ class Fault:
 
 BUSY = Fault(
     503,
-    "The database is busy; nothing was changed. Try again shortly.",
+    "The database is busy; nothing was changed. Wait as Retry-After says, then try again.",
     BUSY_RETRY_AFTER,
 )
 UNREACHABLE = Fault(
     503,
-    "The database cannot be reached; nothing was changed. Try again later.",
+    "The database cannot be reached; nothing was changed. Wait as Retry-After says, then "
+    "try again.",
     UNREACHABLE_RETRY_AFTER,
 )
 FULL = Fault(

@@ -44,6 +44,7 @@ from django.utils.deconstruct import deconstructible
 
 from blobstore import signing
 from blobstore.conf import conf
+from blobstore.exceptions import ObjectSizeExceededError
 from blobstore.storage import BlobInfo, BlobStream, StreamingStorage, storages
 from blobstore.storage.base import (
     OCTET_STREAM,
@@ -133,12 +134,18 @@ class BlobFileStorage(Storage):
 
     def _write(self, name: str, content: File[Any], *, if_absent: bool) -> bool:
         """Store content under name; return False if if_absent and the name was taken."""
-        written = async_to_sync(self.store.write)(
-            self.key(name),
-            _chunks_of(content),
-            if_absent=if_absent,
-            content_type=mimetypes.guess_type(name)[0] or OCTET_STREAM,
-        )
+        try:
+            written = async_to_sync(self.store.write)(
+                self.key(name),
+                _chunks_of(content),
+                if_absent=if_absent,
+                content_type=mimetypes.guess_type(name)[0] or OCTET_STREAM,
+            )
+        except ObjectSizeExceededError as large:
+            # The storage does not know its alias; this says which setting to raise.
+            raise ObjectSizeExceededError(
+                large.size, large.max_object_size, alias=self.alias
+            ) from None
         return written is not None
 
     def is_name_available(self, name: str, max_length: int | None = None) -> bool:

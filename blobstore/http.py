@@ -8,6 +8,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from django.core.exceptions import SuspiciousOperation
@@ -18,8 +19,9 @@ from django.utils.http import content_disposition_header, http_date
 
 from blobstore.asgi import RECEIVE_KEY
 from blobstore.conf import conf
-from blobstore.exceptions import ObjectSizeExceededError
+from blobstore.exceptions import ObjectSizeExceededError, size_limit_advice
 from blobstore.faults import UNREACHABLE_RETRY_AFTER, fault_response
+from blobstore.sizes import format_size
 from blobstore.storage.base import BlobInfo, BlobStream, validate_key
 
 READ_CHUNK_SIZE = 1024 * 1024
@@ -71,9 +73,20 @@ class APIError(Exception):
         self.headers = headers or {}
 
 
+def json_response(data: Any, status: int = 200) -> JsonResponse:
+    """Return data as a JSON response whose body ends with a newline, as text should.
+
+    Every JSON body blobstore writes goes through here, so that ``curl`` leaves
+    the shell's prompt on a line of its own.
+    """
+    response = JsonResponse(data, status=status)
+    response.content = response.content + b"\n"
+    return response
+
+
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JsonResponse:
     """Return the JSON error response that every API view answers with."""
-    response = JsonResponse({"error": message}, status=status)
+    response = json_response({"error": message}, status=status)
     for name, value in (headers or {}).items():
         response[name] = value
     if status == 401:
@@ -109,13 +122,14 @@ async def _answer(
 
 @contextlib.asynccontextmanager
 async def request_body(
-    request: HttpRequest, limit: int | None
+    request: HttpRequest, limit: int | None, alias: str
 ) -> AsyncIterator[AsyncIterator[bytes]]:
     """Yield the request body as an async iterator of chunks, read as it arrives.
 
-    A ``Content-Length`` over limit is refused with 413 at once, before any
-    of the body is read; a longer body is the storage's to refuse
-    (``ObjectSizeExceededError``, which :func:`storage_errors` turns into 413).
+    A ``Content-Length`` over limit, the ``max_object_size`` of the storage
+    alias, is refused with 413 at once, before any of the body is read; a
+    longer body is the storage's to refuse (``ObjectSizeExceededError``,
+    which :func:`storage_errors` turns into 413).
     A body larger than :data:`LARGE_BODY`, or of unknown length, holds one of
     the process's ``BLOBSTORE_MAX_UPLOADS`` slots until the block ends.
     """
@@ -128,7 +142,7 @@ async def request_body(
                 400, f"Content-Length must be a number of bytes, not {abbreviated(length)!r}."
             )
         if limit is not None and declared > limit:
-            raise APIError(413, _too_large(limit))
+            raise APIError(413, too_large(limit, alias))
         if declared >= MAX_CONTENT_LENGTH:
             raise APIError(413, "The body is larger than any this server accepts.")
     if declared is not None and declared <= LARGE_BODY:
@@ -139,12 +153,12 @@ async def request_body(
 
 
 @contextlib.contextmanager
-def storage_errors() -> Iterator[None]:
-    """Turn the storage's refusal of a blob into the HTTP error it means."""
+def storage_errors(alias: str) -> Iterator[None]:
+    """Turn the refusal of a blob by the storage alias into the HTTP error it means."""
     try:
         yield
     except ObjectSizeExceededError as large:
-        raise APIError(413, _too_large(large.max_object_size)) from large
+        raise APIError(413, too_large(large.max_object_size, alias)) from large
 
 
 @dataclass
@@ -169,7 +183,9 @@ async def _upload_slot() -> AsyncIterator[None]:
         if remaining <= 0:
             raise APIError(
                 503,
-                "Too many uploads are under way; nothing was stored. Try again later.",
+                f"Too many uploads are under way (BLOBSTORE_MAX_UPLOADS allows "
+                f"{conf.BLOBSTORE_MAX_UPLOADS} at once); nothing was stored. Try again in "
+                f"{UNREACHABLE_RETRY_AFTER} seconds.",
                 {"Retry-After": str(UNREACHABLE_RETRY_AFTER)},
             )
         freed = loop.create_future()
@@ -210,8 +226,9 @@ async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
         except TimeoutError:
             raise APIError(
                 408,
-                f"The body arrived too slowly (less than {BODY_PROGRESS} bytes in "
-                f"{timeout:g} seconds); nothing was stored.",
+                f"The body arrived too slowly (less than {format_size(BODY_PROGRESS)} in "
+                f"{timeout:g} seconds); nothing was stored. Send it faster, or raise "
+                "BLOBSTORE_BODY_TIMEOUT.",
                 {"Connection": "close"},
             ) from None
         if message["type"] == "http.disconnect":
@@ -293,8 +310,12 @@ async def closing_chunks(stream: BlobStream) -> AsyncIterator[bytes]:
             yield chunk
 
 
-def _too_large(limit: int) -> str:
-    return f"The body is larger than the limit of {limit} bytes."
+def too_large(limit: int, alias: str) -> str:
+    """Return the message of a 413: the limit of the storage alias, and how to raise it."""
+    return (
+        f"The body is larger than the limit of {format_size(limit)}; nothing was stored. "
+        f"{size_limit_advice(alias)}"
+    )
 
 
 def is_number(text: str) -> bool:
@@ -350,4 +371,6 @@ def require_utf8(request: HttpRequest) -> None:
         try:
             unquote_to_bytes(part).decode()
         except UnicodeDecodeError:
-            raise APIError(400, "The URL's percent-encoded bytes are not UTF-8.") from None
+            raise APIError(
+                400, "The URL's percent-encoded bytes are not UTF-8; percent-encode keys as UTF-8."
+            ) from None

@@ -74,7 +74,9 @@ def check(query: Mapping[str, str], key: str | None, method: str) -> None:
     except signing.BadSignature:
         raise SignatureError("The signature does not match this URL.") from None
     if int(expires) <= time.time():
-        raise SignatureError("The signed URL has expired.")
+        raise SignatureError(
+            "The signed URL has expired; ask for a new one ('manage.py blobstore url KEY')."
+        )
     if GRANTED_BY.get(method) != granted:
         raise SignatureError(f"The signed URL grants {granted} only, not {method}.")
 

@@ -14,7 +14,7 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.utils.cache import get_conditional_response
 from django.utils.decorators import method_decorator
@@ -25,6 +25,7 @@ from django.views.decorators.csrf import csrf_exempt
 from blobstore.auth import AccessDenied, authorize
 from blobstore.http import (
     EXPIRES_HEADER,
+    MAX_CONTENT_LENGTH,
     META_HEADER_PREFIX,
     APIError,
     abbreviated,
@@ -34,6 +35,7 @@ from blobstore.http import (
     checked_key,
     error,
     etag,
+    json_response,
     keep_out_of_shared_caches,
     request_body,
     require_utf8,
@@ -44,6 +46,8 @@ from blobstore.http import (
 from blobstore.storage import BlobInfo, StreamingStorage, storages
 from blobstore.storage.base import DEFAULT_PAGE_SIZE, Attributes
 
+API_STORAGE = "default"
+"""The alias of BLOBSTORE_STORAGES that the API serves."""
 MAX_PAGE_SIZE = 1000
 MAX_DELIMITER_LENGTH = 16
 OPEN_ATTEMPTS = 5
@@ -54,7 +58,7 @@ RECORD_HEADERS = ("If-Match", "If-None-Match", "If-Modified-Since", "If-Unmodifi
 
 def storage() -> StreamingStorage:
     """Return the storage that the API serves."""
-    return storages["default"]  # type: ignore[return-value]
+    return storages[API_STORAGE]  # type: ignore[return-value]
 
 
 @method_decorator(csrf_exempt, name="dispatch")  # session requests are checked in authorize()
@@ -94,7 +98,9 @@ class APIView(View):
         self, request: HttpRequest, *args: Any, **kwargs: Any
     ) -> HttpResponse:
         allowed = ", ".join(name.upper() for name in self.http_method_names if hasattr(self, name))
-        return error(405, f"Method {request.method} is not allowed here.", {"Allow": allowed})
+        return error(
+            405, f"Method {request.method} is not allowed here; use {allowed}.", {"Allow": allowed}
+        )
 
 
 class BlobListView(APIView):
@@ -125,7 +131,7 @@ class BlobListView(APIView):
         }
         if delimiter is not None:
             page["prefixes"] = [entry for entry in entries if isinstance(entry, str)]
-        return JsonResponse(page)
+        return json_response(page)
 
     head = get
 
@@ -160,7 +166,7 @@ class BlobView(APIView):
                     )
                 return with_blob_headers(response, stream.info)
             await stream.aclose()  # replaced since its record was read: look again
-        raise APIError(409, f"The blob {key!r} kept changing while it was being read.")
+        raise APIError(409, f"The blob {key!r} kept changing while it was being read; try again.")
 
     async def head(self, request: HttpRequest, key: str) -> HttpResponseBase:
         info = await storage().stat(checked_key(key))
@@ -178,10 +184,10 @@ class BlobView(APIView):
         checked_key(key)
         attributes = _attributes(request)
         limit = getattr(store, "max_object_size", None)
-        async with request_body(request, limit) as body:
-            with storage_errors():
+        async with request_body(request, limit, API_STORAGE) as body:
+            with storage_errors(API_STORAGE):
                 created, info = await _write(request, store, key, body, attributes)
-        response = JsonResponse(_describe(info), status=201 if created else 200)
+        response = json_response(_describe(info), status=201 if created else 200)
         response["ETag"] = etag(info)
         return response
 
@@ -218,10 +224,16 @@ async def _write(
         current = await store.stat(key)
         wanted = parse_etags(if_match)
         if current is None or ("*" not in wanted and etag(current) not in wanted):
-            raise APIError(412, "The blob does not match If-Match.")
+            raise APIError(
+                412, "The blob does not match If-Match; read its current ETag and try again."
+            )
         info = await write(key, body, if_sha256=current.sha256)
         if info is None:
-            raise APIError(412, "The blob changed while it was being replaced.")
+            raise APIError(
+                412,
+                "The blob changed while it was being replaced; read its current ETag and "
+                "try again.",
+            )
         return False, info
     created = not await store.exists(key)
     info = await write(key, body)
@@ -282,26 +294,40 @@ def _requested_range(request: HttpRequest, info: BlobInfo) -> tuple[int, int] | 
     if len(specs) > 1:
         return None  # several ranges: the whole blob, rather than multipart
     first, dash, last = specs[0].strip().partition("-")
+    content_range = {"Content-Range": f"bytes */{info.size}"}
+    malformed = APIError(
+        416,
+        f"The Range header {abbreviated(header)!r} is malformed; ask for one range of bytes "
+        "such as 'bytes=0-99', 'bytes=100-' or 'bytes=-100' (the last 100).",
+        content_range,
+    )
+    # Numbers past any blob's size are never converted whole.
+    start = bounded_number(first, MAX_CONTENT_LENGTH) if first else None
+    end = bounded_number(last, MAX_CONTENT_LENGTH) if last else None
+    if (
+        not dash
+        or (start is None and end is None)
+        or (first and start is None)
+        or (last and end is None)
+        or (start is not None and end is not None and end < start)  # RFC 9110 §14.1.1
+    ):
+        raise malformed
+    within = f"bytes 0 to {info.size - 1}" if info.size else "none: the blob is empty"
     unsatisfiable = APIError(
         416,
-        f"The range {abbreviated(header)!r} is not within the blob's {info.size} bytes.",
-        {"Content-Range": f"bytes */{info.size}"},
+        f"The range {abbreviated(header)!r} is not within the blob's {info.size} bytes; "
+        f"it has {within}.",
+        content_range,
     )
-    if not dash or not (first or last):
-        raise unsatisfiable
-    # Numbers past the blob's size mean its size (RFC 9110 §14.1.2): never converted whole.
-    start = bounded_number(first, info.size) if first else None
-    end = bounded_number(last, info.size) if last else None
-    if (first and start is None) or (last and end is None):
-        raise unsatisfiable
     if start is None:  # the last N bytes
-        if not end or info.size == 0:
+        assert end is not None
+        if end == 0 or info.size == 0:
             raise unsatisfiable
-        return info.size - end, info.size
-    stop = info.size if end is None else min(end + 1, info.size)
-    if start >= info.size or stop <= start:
+        return info.size - min(end, info.size), info.size
+    if start >= info.size:
         raise unsatisfiable
-    return start, stop
+    # A last position past the blob's end means its end (RFC 9110 §14.1.2).
+    return start, info.size if end is None else min(end + 1, info.size)
 
 
 def _if_range_holds(request: HttpRequest, info: BlobInfo) -> bool:
@@ -368,6 +394,8 @@ def _decode_cursor(cursor: str | None) -> str:
         key = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise APIError(
-            400, f"The cursor {abbreviated(cursor)!r} is not one this API gave out."
+            400,
+            f"The cursor {abbreviated(cursor)!r} is not one this API gave out; pass the "
+            "cursor of the previous page as it came, or none for the first page.",
         ) from None
     return without_controls("cursor", key)

@@ -150,7 +150,7 @@ class ChangeListTests(AdminTestCase):
                 self.assertEqual(keys(self.client.get(CHANGELIST, {"size": size})), expected)
         page = self.client.get(CHANGELIST)
         self.assertContains(page, "?size=1024-1048576")
-        self.assertContains(page, "1 KB to 1 MB")
+        self.assertContains(page, "1 KiB to 1 MiB")
 
     def test_a_malformed_size_range_is_refused(self) -> None:
         for size in ["abc", "5", "-5", "1-2-3", "٣-5"]:
@@ -182,10 +182,10 @@ class ChangeListTests(AdminTestCase):
         page = self.client.get(CHANGELIST).content.decode()
         total = 10 + 2000 + 300_000 + 5 + len("данные".encode())
         self.assertEqual(blob_totals(Blob.objects.all()), Totals(6, total))
-        self.assertIn('<p class="blob-totals">6 blobs, 294.9\xa0KB in all</p>', page)
+        self.assertIn('<p class="blob-totals">6 blobs, 294.9\xa0KiB in all</p>', page)
         self.assertLess(page.index("blob-totals"), page.index('id="result_list"'))
         filtered = self.client.get(CHANGELIST, {"q": "logs/"})
-        self.assertContains(filtered, "2 blobs, 2.0\xa0KB in all")
+        self.assertContains(filtered, "2 blobs, 2\xa0KiB in all")
 
     def test_one_query_counts_and_adds_up_the_list(self) -> None:
         with CaptureQueriesContext(connection) as queries:
@@ -217,7 +217,7 @@ class PostgreSQLEstimateTests(TestCase):
             totals = blob_totals(self.blobs)
         # A table this small is analysed whole, so the estimate is exact here.
         self.assertEqual(totals, Totals(300, sum(self.sizes), estimated=True))
-        self.assertEqual(str(totals), "About 300 blobs, about 7.2\xa0KB in all")
+        self.assertEqual(str(totals), "About 300 blobs, about 7.2\xa0KiB in all")
         sql = " ".join(q["sql"] for q in queries).upper()
         self.assertIn("RELTUPLES", sql)
         self.assertNotIn("COUNT(", sql)
@@ -263,7 +263,7 @@ class ChangePageTests(AdminTestCase):
         blob = store("reports/q3.csv", b"a,b\n" * 256)
         page = self.client.get(url("change", blob))
         self.assertContains(page, '<div class="readonly">reports/q3.csv</div>', html=True)
-        self.assertContains(page, "1.0\xa0KB (1,024 bytes)")
+        self.assertContains(page, "1\xa0KiB\xa0(1,024\xa0bytes)")
         self.assertContains(page, blob.sha256)
         self.assertNotContains(page, 'name="key"')
         self.assertContains(page, 'type="file" name="file"')
@@ -284,14 +284,14 @@ class ChangePageTests(AdminTestCase):
             "00000030  30 31 32 33 34 35 36 37  38 39 3a 3b 3c 3d 3e 3f  |0123456789:;&lt;=&gt;?|",
         )
         self.assertNotContains(page, "00000200")  # 512 bytes shown, no more
-        self.assertContains(page, "The first 512\xa0bytes of 1.0\xa0KB, in hex")
+        self.assertContains(page, "The first 512\xa0bytes of 1\xa0KiB, in hex")
 
     def test_a_long_text_shows_its_start(self) -> None:
         text = "π" * 10_000  # two bytes each: the preview cuts one in half
         blob = store("pi.txt", text.encode())
         page = self.client.get(url("change", blob))
         self.assertContains(page, "π" * 4096 + "</pre>")
-        self.assertContains(page, "The first 8.0\xa0KB of 19.5\xa0KB, as UTF-8 text.")
+        self.assertContains(page, "The first 8\xa0KiB of 19.5\xa0KiB, as UTF-8 text.")
 
     def test_an_empty_blob_says_so(self) -> None:
         page = self.client.get(url("change", store("empty", b"")))
@@ -497,7 +497,11 @@ class AddAndReplaceTests(AdminTestCase):
         }
     )
     def test_uploads_over_the_size_limit_are_refused_and_change_nothing(self) -> None:
-        message = "The file has 11\xa0bytes; blobs here may have at most 10\xa0bytes."
+        message = (
+            "The file has 11\xa0bytes; blobs here may have at most 10\xa0bytes. Raise "
+            "BLOBSTORE_STORAGES['default']['OPTIONS']['max_object_size'] (a number of bytes, "
+            "or None for no limit) to store larger blobs."
+        )
         added = self.add(upload("eleven.txt", b"x" * 11))
         self.assertFormError(added.context["adminform"].form, "file", message)
         self.assertFalse(Blob.objects.exists())

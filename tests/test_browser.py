@@ -112,7 +112,7 @@ class AdminInBrowserTests(BrowserTestCase):
         self.page.fill("#id_password", "admin")
         self.page.click("input[type=submit]")
         expect(self.page.locator(".blob-totals")).to_have_text(
-            re.compile(r"^\d+ blobs, [\d.]+\xa0MB in all$")
+            re.compile(r"^\d+ blobs, [\d.]+\xa0MiB in all$")
         )
         screenshot(self.page, "changelist")
 
@@ -127,7 +127,7 @@ class AdminInBrowserTests(BrowserTestCase):
         self.assertEqual(self.listed(), ["docs/guide.md", "docs/readme.txt"])
         screenshot(self.page, "changelist-search")
         self.page.goto("/admin/blobstore/blob/")
-        self.page.locator("#changelist-filter").get_by_text("1 MB to 10 MB").click()
+        self.page.locator("#changelist-filter").get_by_text("1 MiB to 10 MiB").click()
         expect(self.page.locator("#result_list th.field-key")).to_have_text(["data/big.bin"])
         screenshot(self.page, "changelist-size-filter")
         self.page.goto("/admin/blobstore/blob/")

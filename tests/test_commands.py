@@ -143,7 +143,9 @@ class CommandTestCase(TransactionTestCase):
 class PutGetTests(CommandTestCase):
     def test_file_round_trip_is_byte_exact(self) -> None:
         out, err = blobstore("put", "data/one", str(self.source))
-        self.assertEqual(out, f"Stored 'data/one': {len(DATA):,} bytes, SHA-256 {DIGEST}.\n")
+        self.assertEqual(
+            out, f"Stored 'data/one': 5 MiB ({len(DATA):,} bytes), SHA-256 {DIGEST}.\n"
+        )
         self.assertEqual(err, "")
         self.assertEqual(records("default"), [("data/one", len(DATA), DIGEST)])
         # Stored in chunk rows, not whole.
@@ -151,7 +153,7 @@ class PutGetTests(CommandTestCase):
         target = self.directory / "copy.bin"
         out, _ = blobstore("get", "data/one", str(target))
         self.assertEqual(target.read_bytes(), DATA)
-        self.assertIn(f"{len(DATA):,} bytes", out)
+        self.assertEqual(out, f"Wrote 'data/one' to {target}: 5 MiB ({len(DATA):,} bytes).\n")
 
     def test_stdin_and_stdout_round_trip_is_byte_exact(self) -> None:
         out, _ = blobstore("put", "piped", "-", stdin=io.BytesIO(DATA))
@@ -229,14 +231,19 @@ class BadInputTests(CommandTestCase):
 
     def test_put_over_the_limit_stores_nothing(self) -> None:
         # A file's size is checked before anything is read...
+        fix = (
+            "Raise BLOBSTORE_STORAGES['small']['OPTIONS']['max_object_size'] (a number of "
+            "bytes, or None for no limit) to store larger blobs."
+        )
         self.assert_refused(
-            f"has {len(DATA):,} bytes, more than the limit of the storage 'small' ({LIMIT:,} "
-            "bytes); nothing was stored",
+            "has 5 MiB, more than the limit of the storage 'small' (64 KiB); nothing was "
+            f"stored. {fix}",
             *("put", "kept", str(self.source), "--storage", "small"),
         )
         # ... standard input's as it comes.
         self.assert_refused(
-            "Standard input is larger than the limit of the storage 'small'",
+            f"Standard input is larger than the limit of the storage 'small' (64 KiB); nothing "
+            f"was stored. {fix}",
             *("put", "kept", "-", "--storage", "small"),
             stdin=io.BytesIO(DATA),
         )
@@ -352,7 +359,9 @@ class CopyTests(CommandTestCase):
     def test_cp_copies_every_blob_byte_exact(self) -> None:
         out, err = blobstore("cp", "--from", "default", "--to", "other")
         size = len(DATA) + len(b"logs/1logs/2other")
-        self.assertEqual(out, f"Copied 4 blobs ({size:,} bytes) from 'default' to 'other'.\n")
+        self.assertEqual(
+            out, f"Copied 4 blobs, 5 MiB ({size:,} bytes), from 'default' to 'other'.\n"
+        )
         self.assertEqual(err, "")
         self.assertEqual(records("other"), records("default"))
         self.assertEqual(get_bytes("big", "--storage", "other"), DATA)
@@ -367,14 +376,14 @@ class CopyTests(CommandTestCase):
         blobstore("put", "logs/1", "-", "--storage", "other", stdin=io.BytesIO(b"stale"))
         blobstore("put", "zzz", "-", "--storage", "other", stdin=io.BytesIO(b"kept"))
         out, _ = blobstore("cp", "--from", "default", "--to", "other", "--prefix", "logs/")
-        self.assertIn("Copied 2 blobs (12 bytes)", out)
+        self.assertIn("Copied 2 blobs, 12 bytes, from", out)
         self.assertEqual([record[0] for record in records("other")], ["logs/1", "logs/2", "zzz"])
         self.assertEqual(get_bytes("logs/1", "--storage", "other"), b"logs/1")
 
     def test_cp_copies_nothing_when_a_blob_is_over_the_target_limit(self) -> None:
         self.assert_refused(
-            f"The blob 'big' has {len(DATA):,} bytes, more than the limit of the storage "
-            f"'small' ({LIMIT:,} bytes); nothing was copied",
+            "The blob 'big' has 5 MiB, more than the limit of the storage 'small' (64 KiB); "
+            "nothing was copied. Raise BLOBSTORE_STORAGES['small']['OPTIONS']['max_object_size']",
             *("cp", "--from", "default", "--to", "small"),
         )
         # Below the limit, it goes.
@@ -389,7 +398,7 @@ class CopyTests(CommandTestCase):
 
     def test_cp_of_nothing(self) -> None:
         out, _ = blobstore("cp", "--from", "other", "--to", "default")
-        self.assertEqual(out, "Copied 0 blobs (0 bytes) from 'other' to 'default'.\n")
+        self.assertEqual(out, "Copied 0 blobs, 0 bytes, from 'other' to 'default'.\n")
         self.assertEqual(len(records("default")), 4)
 
 
@@ -433,12 +442,12 @@ class StatsTests(CommandTestCase):
             out,
             f"default: ORMStorage on the database 'default' ({vendor})\n"
             "  blobs       1\n"
-            f"  bytes       {len(DATA):,} (5.0 MiB)\n"
-            f"  largest     {len(DATA):,} bytes, 'big'\n"
+            f"  bytes       {len(DATA):,} (5 MiB)\n"
+            f"  largest     5 MiB ({len(DATA):,} bytes), 'big'\n"
             f"  chunk rows  {chunks} (1 named by no blob)\n",
         )
         out, _ = blobstore("stats", "--storage", "other")
-        self.assertEqual(out, "other: DictStorage\n  blobs       0\n  bytes       0 (0 B)\n"
+        self.assertEqual(out, "other: DictStorage\n  blobs       0\n  bytes       0 (0 bytes)\n"
                          "  largest     -\n")  # fmt: skip
 
 
@@ -473,7 +482,7 @@ class DamageMixin(TestCaseMixin):
         for line, (key, problem) in zip(lines, sorted(problems.items()), strict=True):
             self.assertTrue(line.startswith(f"{key!r}: "), out)
             self.assertIn(problem, line)
-        self.assertRegex(summary, rf"^Verified 3 blobs \(.* bytes\) in the storage "
+        self.assertRegex(summary, rf"^Verified 3 blobs, .* MiB \(.* bytes\), in the storage "
                          rf"'{self.alias}': {len(problems)} damaged\.$")  # fmt: skip
 
     def test_a_whole_store_passes(self) -> None:
@@ -481,7 +490,8 @@ class DamageMixin(TestCaseMixin):
         self.assertEqual(status, 0, out)
         self.assertEqual(
             out,
-            f"Verified 3 blobs ({2 * len(DATA) + 5:,} bytes) in the storage {self.alias!r}: "
+            f"Verified 3 blobs, 10 MiB ({2 * len(DATA) + 5:,} bytes), in the storage "
+            f"{self.alias!r}: "
             "0 damaged.\n",
         )
 
@@ -569,7 +579,7 @@ class ORMVerifyTests(ORMDamageMixin, CommandTestCase):
         blobstore("cp", "--from", "default", "--to", "other")
         status, out = verify("--storage", "other")
         self.assertEqual(status, 0)
-        self.assertTrue(out.startswith("Verified 3 blobs "), out)
+        self.assertTrue(out.startswith("Verified 3 blobs, 10 MiB "), out)
         quiet = io.StringIO()
         call_command("blobstore", "-v", "0", "verify", stdout=quiet)
         self.assertEqual(quiet.getvalue(), "")

@@ -20,13 +20,14 @@ from django.core.exceptions import ImproperlyConfigured, SuspiciousFileOperation
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import FileSystemStorage, default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.http import HttpRequest, HttpResponse
 from django.test import SimpleTestCase, TestCase, TransactionTestCase, override_settings
 from django.urls import path
 from django.utils.datastructures import MultiValueDict
 from PIL import Image
 
+from blobstore.exceptions import ObjectSizeExceededError
 from blobstore.files import BlobFile, BlobFileStorage
 from blobstore.storage import BlobStream, StreamingStorage, storages
 from blobstore.storage.base import MAX_KEY_LENGTH
@@ -183,6 +184,26 @@ class StorageAPITests(DictTestCase):
     def test_a_name_too_long_for_a_key_stores_nothing(self) -> None:
         with self.assertRaises(ValueError):
             self.storage.save("x" * MAX_KEY_LENGTH + ".txt", ContentFile(b"x"))
+        self.assertEqual(keys(), [])
+
+    @override_settings(
+        BLOBSTORE_STORAGES={
+            "default": {
+                "BACKEND": "blobstore.storage.DictStorage",
+                "OPTIONS": {"max_object_size": 2 * MIB},
+            }
+        }
+    )
+    def test_a_file_over_the_limit_names_the_setting_that_raises_it(self) -> None:
+        storages.reset()
+        with self.assertRaises(ObjectSizeExceededError) as raised:
+            self.storage.save("big.bin", ContentFile(b"x" * (2 * MIB + 1)))
+        self.assertEqual(
+            str(raised.exception),
+            "The blob is larger than the limit of 2 MiB. Raise "
+            "BLOBSTORE_STORAGES['default']['OPTIONS']['max_object_size'] (a number of bytes, "
+            "or None for no limit) to store larger blobs.",
+        )
         self.assertEqual(keys(), [])
 
     def test_listdir_by_slash(self) -> None:
@@ -617,7 +638,8 @@ class ImportMediaTests(TransactionTestCase):
                 out = StringIO()
                 call_command("blobstore", "import-media", "--from", "old", stdout=out)
                 self.assertIn(
-                    "Imported 3 files (2,097,160 bytes) from 'old' to 'default'", out.getvalue()
+                    "Imported 3 files, 2 MiB (2,097,160 bytes), from 'old' to 'default'",
+                    out.getvalue(),
                 )
                 self.assertEqual(sorted(keys()), ["a/b/deep.txt", "a/one.bin", "top.txt"])
                 self.assertEqual(default_storage.open("a/one.bin").read(), b"1" * (2 * MIB + 5))
@@ -625,4 +647,16 @@ class ImportMediaTests(TransactionTestCase):
                     call_command("blobstore", "import-media", "--from", "default", "--to", "old")
                 with self.assertRaisesMessage(Exception, "No file storage is called 'nope'"):
                     call_command("blobstore", "import-media", "--from", "nope")
+            small = {"BACKEND": "blobstore.storage.ORMStorage", "OPTIONS": {"max_object_size": MIB}}
+            with (
+                override_settings(STORAGES=stores, BLOBSTORE_STORAGES={"default": small}),
+                self.assertRaisesMessage(
+                    CommandError,
+                    "The file 'a/one.bin' was not imported: The blob is larger than the limit of "
+                    "1 MiB. Raise BLOBSTORE_STORAGES['default']['OPTIONS']['max_object_size']",
+                ),
+            ):
+                storages.reset()
+                call_command("blobstore", "import-media", "--from", "old")
+            storages.reset()
             self.assertIsInstance(FileSystemStorage(location=directory).listdir(""), tuple)

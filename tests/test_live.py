@@ -55,7 +55,7 @@ class LiveAPITests(LiveAPITestCase):
         with socket.create_connection(("127.0.0.1", self.site.port), timeout=10) as connection:
             connection.sendall(request.encode())  # and not one byte of the body
             answer = b""
-            while not answer.endswith(b"}"):
+            while not answer.endswith(b"}\n"):
                 answer += connection.recv(65536)
         head, _, body = answer.decode().partition("\r\n\r\n")
         self.assertTrue(head.startswith("HTTP/1.1 413"), head)

@@ -15,10 +15,11 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from django.core.exceptions import DisallowedHost
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
+from blobstore.asgi import UNKNOWN_HOST
 from blobstore.contrib.proxystore import (
     allowed_networks,
     endpoint_uuid,
@@ -32,6 +33,7 @@ from blobstore.http import (
     blob_response,
     checked_key,
     error,
+    json_response,
     request_body,
     require_utf8,
     storage_errors,
@@ -74,13 +76,13 @@ def endpoint_route(method: str) -> Callable[[View], View]:
 @endpoint_route("GET")
 async def endpoint(request: HttpRequest) -> HttpResponse:
     """Name this endpoint's UUID."""
-    return JsonResponse({"uuid": str(endpoint_uuid())})
+    return json_response({"uuid": str(endpoint_uuid())})
 
 
 @endpoint_route("GET")
 async def exists(request: HttpRequest) -> HttpResponse:
     """Say whether a blob is stored under the key."""
-    return JsonResponse({"exists": await _storage().exists(_key(request))})
+    return json_response({"exists": await _storage().exists(_key(request))})
 
 
 @endpoint_route("GET")
@@ -97,9 +99,10 @@ async def get(request: HttpRequest) -> HttpResponseBase:
 async def set(request: HttpRequest) -> HttpResponse:
     """Store the request body under the key; an empty body is 400, as ProxyStore's."""
     key = _key(request)
+    alias = storage_alias()
     store = _storage()
-    async with request_body(request, getattr(store, "max_object_size", None)) as body:
-        with storage_errors():
+    async with request_body(request, getattr(store, "max_object_size", None), alias) as body:
+        with storage_errors(alias):
             await store.write(key, await _not_empty(body))
     return HttpResponse(status=200)
 
@@ -118,7 +121,7 @@ def _storage() -> StreamingStorage:
 def _key(request: HttpRequest) -> str:
     key = request.GET.get("key")
     if key is None:
-        raise APIError(400, "The request has no key parameter.")
+        raise APIError(400, "The request has no key parameter; add ?key=KEY to the URL.")
     return checked_key(key_prefix() + key)
 
 
@@ -153,7 +156,7 @@ def _refusal(request: HttpRequest) -> HttpResponseBase | None:
     try:
         request.get_host()
     except DisallowedHost:
-        return error(400, "The Host header names a host that this site does not serve.")
+        return error(400, UNKNOWN_HOST)
     # A page in a browser, on whatever origin, must not reach these routes:
     # browsers send Origin with every cross-origin request and every POST,
     # and Sec-Fetch-Site with every request they make for a page.
@@ -163,7 +166,11 @@ def _refusal(request: HttpRequest) -> HttpResponseBase | None:
     if fetch_site is not None and fetch_site != BROWSER_INITIATED:
         return error(403, "The ProxyStore endpoint routes refuse requests made by web pages.")
     if not _client_allowed(request.META.get("REMOTE_ADDR", "")):
-        return error(403, "This client may not use the ProxyStore endpoint routes.")
+        return error(
+            403,
+            "This client may not use the ProxyStore endpoint routes; the site's "
+            "BLOBSTORE_PROXYSTORE['ALLOWED_CLIENTS'] must list its address to let it in.",
+        )
     return None
 
 

@@ -41,10 +41,11 @@ from django.db.models import Count, Sum
 
 from blobstore import signing
 from blobstore.contrib.proxystore import endpoint_uuid
-from blobstore.exceptions import ObjectSizeExceededError
+from blobstore.exceptions import ObjectSizeExceededError, size_limit_advice
 from blobstore.files import BlobFileStorage
 from blobstore.management.progress import Progress
 from blobstore.models import APIToken
+from blobstore.sizes import format_size
 from blobstore.storage import (
     BaseStorage,
     BlobInfo,
@@ -348,11 +349,18 @@ class Command(BaseCommand):
             for number, name in enumerate(names, 1):
                 progress.label = f"import-media {number}/{len(names)}"
                 with source.open(name, "rb") as content:
-                    target.write_file(name, _CountedFile(content, progress))
+                    try:
+                        target.write_file(name, _CountedFile(content, progress))
+                    except ObjectSizeExceededError as error:
+                        # The message names the setting of the target's alias.
+                        raise CommandError(
+                            f"The file {name!r} was not imported: {error} {number - 1} "
+                            f"file{'s' if number != 2 else ''} had been imported."
+                        ) from None
         if verbosity >= 1:
             self.stdout.write(
-                f"Imported {len(names)} file{'s' if len(names) != 1 else ''} ({total:,} bytes) "
-                f"from {source_alias!r} to {target_alias!r}."
+                f"Imported {len(names)} file{'s' if len(names) != 1 else ''}, "
+                f"{format_size(total, exact=True)}, from {source_alias!r} to {target_alias!r}."
             )
 
     # The storage subcommands
@@ -394,8 +402,9 @@ class Command(BaseCommand):
             size = _regular_size(source)
             if size is not None and limit is not None and size > limit:
                 raise CommandError(
-                    f"{_describe_input(name)} has {size:,} bytes, more than the limit of the "
-                    f"storage {options['storage']!r} ({limit:,} bytes); nothing was stored."
+                    f"{_describe_input(name)} has {format_size(size)}, more than the limit of "
+                    f"the storage {options['storage']!r} ({format_size(limit)}); nothing was "
+                    f"stored. {size_limit_advice(options['storage'])}"
                 )
             with self.progress(size, f"put {key}") as progress:
                 try:
@@ -403,8 +412,8 @@ class Command(BaseCommand):
                 except ObjectSizeExceededError as error:
                     raise CommandError(
                         f"{_describe_input(name)} is larger than the limit of the storage "
-                        f"{options['storage']!r} ({error.max_object_size:,} bytes); nothing "
-                        "was stored."
+                        f"{options['storage']!r} ({format_size(error.max_object_size)}); "
+                        f"nothing was stored. {size_limit_advice(options['storage'])}"
                     ) from None
                 except OSError as error:
                     raise CommandError(
@@ -415,7 +424,9 @@ class Command(BaseCommand):
                 source.close()
         assert info is not None  # an unconditional write always stores
         if options["verbosity"] >= 1:
-            self.stdout.write(f"Stored {key!r}: {info.size:,} bytes, SHA-256 {info.sha256}.")
+            self.stdout.write(
+                f"Stored {key!r}: {format_size(info.size, exact=True)}, SHA-256 {info.sha256}."
+            )
 
     async def get(self, options: dict[str, Any]) -> None:
         key = _checked_key(options["key"])
@@ -426,7 +437,9 @@ class Command(BaseCommand):
             return
         size = await self.write_to_file(store, alias, key, Path(options["file"]))
         if options["verbosity"] >= 1:
-            self.stdout.write(f"Wrote {key!r} to {options['file']}: {size:,} bytes.")
+            self.stdout.write(
+                f"Wrote {key!r} to {options['file']}: {format_size(size, exact=True)}."
+            )
 
     async def open_stream(self, store: StreamingStorage, alias: str, key: str) -> BlobStream:
         """Open the blob under key, or raise CommandError."""
@@ -536,8 +549,9 @@ class Command(BaseCommand):
         async for info in _every_blob(source, prefix):
             if limit is not None and info.size > limit:
                 raise CommandError(
-                    f"The blob {info.key!r} has {info.size:,} bytes, more than the limit of the "
-                    f"storage {names[1]!r} ({limit:,} bytes); nothing was copied."
+                    f"The blob {info.key!r} has {format_size(info.size)}, more than the limit of "
+                    f"the storage {names[1]!r} ({format_size(limit)}); nothing was copied. "
+                    f"{size_limit_advice(names[1])}"
                 )
             count += 1
             total += info.size
@@ -554,8 +568,9 @@ class Command(BaseCommand):
                     except ObjectSizeExceededError as error:
                         raise CommandError(
                             f"The blob {info.key!r} grew over the limit of the storage "
-                            f"{names[1]!r} ({error.max_object_size:,} bytes) while being copied; "
-                            f"{copied} blob{'s' if copied != 1 else ''} had been copied."
+                            f"{names[1]!r} ({format_size(error.max_object_size)}) while being "
+                            f"copied; {copied} blob{'s' if copied != 1 else ''} had been "
+                            f"copied. {size_limit_advice(names[1])}"
                         ) from None
                 assert written is not None  # an unconditional write always stores
                 if written.sha256 != stream.info.sha256:
@@ -564,8 +579,8 @@ class Command(BaseCommand):
                 copied_bytes += written.size
         if options["verbosity"] >= 1:
             self.stdout.write(
-                f"Copied {copied} blob{'s' if copied != 1 else ''} ({copied_bytes:,} bytes) "
-                f"from {names[0]!r} to {names[1]!r}."
+                f"Copied {copied} blob{'s' if copied != 1 else ''}, "
+                f"{format_size(copied_bytes, exact=True)}, from {names[0]!r} to {names[1]!r}."
             )
 
     async def stats(self, options: dict[str, Any]) -> None:
@@ -582,12 +597,14 @@ class Command(BaseCommand):
             )
             self.stdout.write(f"{alias}: {found['backend']}{where}")
             self.stdout.write(f"  blobs       {found['blobs']:,}")
-            self.stdout.write(f"  bytes       {found['bytes']:,} ({_human(found['bytes'])})")
+            self.stdout.write(f"  bytes       {found['bytes']:,} ({format_size(found['bytes'])})")
             largest = found["largest"]
             if largest is None:
                 self.stdout.write("  largest     -")
             else:
-                self.stdout.write(f"  largest     {largest['size']:,} bytes, {largest['key']!r}")
+                self.stdout.write(
+                    f"  largest     {format_size(largest['size'], exact=True)}, {largest['key']!r}"
+                )
             if "chunk_rows" in found:
                 self.stdout.write(
                     f"  chunk rows  {found['chunk_rows']:,} "
@@ -615,8 +632,8 @@ class Command(BaseCommand):
                     self.stdout.write(f"{info.key!r}: {problem}")
         if options["verbosity"] >= 1 or damaged:
             self.stdout.write(
-                f"Verified {count:,} blob{'s' if count != 1 else ''} ({size:,} bytes) in the "
-                f"storage {alias!r}: {damaged:,} damaged."
+                f"Verified {count:,} blob{'s' if count != 1 else ''}, "
+                f"{format_size(size, exact=True)}, in the storage {alias!r}: {damaged:,} damaged."
             )
         if damaged:
             raise CommandError(
@@ -966,15 +983,6 @@ def _timestamp(moment: datetime.datetime) -> str:
     if moment.tzinfo is None:
         return moment.isoformat(timespec="seconds")
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _human(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def proxystore_home(given: str | None = None) -> Path:
