@@ -144,7 +144,9 @@ class PutGetTests(CommandTestCase):
     def test_file_round_trip_is_byte_exact(self) -> None:
         out, err = blobstore("put", "data/one", str(self.source))
         self.assertEqual(
-            out, f"Stored 'data/one': 5 MiB ({len(DATA):,} bytes), SHA-256 {DIGEST}.\n"
+            out,
+            f"Stored 'data/one': 5 MiB ({len(DATA):,} bytes), application/octet-stream, "
+            f"SHA-256 {DIGEST}.\n",
         )
         self.assertEqual(err, "")
         self.assertEqual(records("default"), [("data/one", len(DATA), DIGEST)])
@@ -154,6 +156,20 @@ class PutGetTests(CommandTestCase):
         out, _ = blobstore("get", "data/one", str(target))
         self.assertEqual(target.read_bytes(), DATA)
         self.assertEqual(out, f"Wrote 'data/one' to {target}: 5 MiB ({len(DATA):,} bytes).\n")
+
+    def test_content_type_is_guessed_or_given(self) -> None:
+        page = self.directory / "page.html"
+        page.write_bytes(b"<p>hi</p>")
+        blobstore("put", "a/page", str(page))
+        blobstore("put", "b/report.pdf", "-", stdin=io.BytesIO(b"%PDF-"))
+        blobstore("put", "c/data", str(page), "--content-type", "text/plain; charset=utf-8")
+        stat = async_to_sync(storages["default"].stat)  # type: ignore[attr-defined]
+        self.assertEqual(
+            [stat(key).content_type for key in ["a/page", "b/report.pdf", "c/data"]],
+            ["text/html", "application/pdf", "text/plain; charset=utf-8"],
+        )
+        self.assert_refused("content_type must be a media type", "put", "d", str(page),
+                            "--content-type", "not a type")  # fmt: skip
 
     def test_stdin_and_stdout_round_trip_is_byte_exact(self) -> None:
         out, _ = blobstore("put", "piped", "-", stdin=io.BytesIO(DATA))

@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import io
 import json
+import mimetypes
 import os
 import re
 import secrets
@@ -56,7 +57,12 @@ from blobstore.storage import (
     StreamingStorage,
     storages,
 )
-from blobstore.storage.base import STREAM_CHUNK_SIZE, validate_key
+from blobstore.storage.base import (
+    OCTET_STREAM,
+    STREAM_CHUNK_SIZE,
+    validate_content_type,
+    validate_key,
+)
 
 # ProxyStore's own rule for endpoint names.
 ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -134,6 +140,12 @@ class Command(BaseCommand):
         )
         put.add_argument("key", metavar="KEY", help="The key to store the blob under.")
         put.add_argument("file", metavar="FILE", help="The file to store, or - for standard input.")
+        put.add_argument(
+            "--content-type",
+            metavar="TYPE",
+            help="The blob's media type (default: guessed from FILE's name, or from KEY's when "
+            "reading standard input; else application/octet-stream).",
+        )
         storage_option(put)
 
         get = add(
@@ -396,6 +408,8 @@ class Command(BaseCommand):
         key = _checked_key(options["key"])
         store = self.streaming_storage(options["storage"])
         name = options["file"]
+        named = key if name == STDIO else name
+        content_type = _checked_content_type(options["content_type"], named)
         limit = getattr(store, "max_object_size", None)
         source = self.open_input(name, options)
         try:
@@ -408,7 +422,9 @@ class Command(BaseCommand):
                 )
             with self.progress(size, f"put {key}") as progress:
                 try:
-                    info = await store.write(key, _read_chunks(source, progress))
+                    info = await store.write(
+                        key, _read_chunks(source, progress), content_type=content_type
+                    )
                 except ObjectSizeExceededError as error:
                     raise CommandError(
                         f"{_describe_input(name)} is larger than the limit of the storage "
@@ -425,7 +441,8 @@ class Command(BaseCommand):
         assert info is not None  # an unconditional write always stores
         if options["verbosity"] >= 1:
             self.stdout.write(
-                f"Stored {key!r}: {format_size(info.size, exact=True)}, SHA-256 {info.sha256}."
+                f"Stored {key!r}: {format_size(info.size, exact=True)}, {info.content_type}, "
+                f"SHA-256 {info.sha256}."
             )
 
     async def get(self, options: dict[str, Any]) -> None:
@@ -935,6 +952,16 @@ def _damaged(alias: str, key: str, error: RuntimeError) -> CommandError:
         f"The blob {key!r} of the storage {alias!r} cannot be read: {error} "
         "(manage.py blobstore verify lists every damaged blob)."
     )
+
+
+def _checked_content_type(given: str | None, name: str) -> str:
+    """Return the media type given, or the one guessed from name; raise CommandError if invalid."""
+    if given is None:
+        return mimetypes.guess_type(name)[0] or OCTET_STREAM
+    try:
+        return validate_content_type(given)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
 
 
 def _checked_key(key: str) -> str:
