@@ -28,7 +28,7 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"] = SQLITE_OPTIONS
     # A file, not Django's in-memory test database, so other processes can share it.
-    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / "test-default.sqlite3")}
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-default{DATABASE_SUFFIX}.sqlite3")}
 else:
     DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}{DATABASE_SUFFIX}"}
 DATABASES["postgres"]["TEST"] = {"NAME": f"test_blobstore_postgres{DATABASE_SUFFIX}"}
