@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.urls import path, register_converter
 from django.urls.converters import PathConverter
 
-from blobstore.views import BlobListView, BlobView
+from blobstore.api.views import BlobListView, BlobView
 
 app_name = "blobstore"
 

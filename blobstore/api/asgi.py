@@ -50,8 +50,8 @@ from django.http.response import HttpResponseBase
 from django.urls import Resolver404, ResolverMatch, get_resolver, set_script_prefix
 from django.utils.module_loading import import_string
 
+from blobstore.api.faults import classify, close_broken_connections, fault_response, log_fault
 from blobstore.conf import conf
-from blobstore.faults import classify, close_broken_connections, fault_response, log_fault
 
 Scope = dict[str, Any]
 Message = Mapping[str, Any]
@@ -227,8 +227,8 @@ class APIResponseHandler(BaseHandler):
         async def host_checked(request: HttpRequest) -> HttpResponseBase:
             # What CommonMiddleware would do first: a Host outside ALLOWED_HOSTS
             # (DNS rebinding, a stray virtual host) reaches no view.
-            # blobstore.http imports this module: its helper is imported when needed.
-            from blobstore.http import error
+            # blobstore.api.responses imports this module: its helper is imported when needed.
+            from blobstore.api.responses import error
 
             try:
                 request.get_host()
