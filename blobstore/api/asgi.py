@@ -25,7 +25,7 @@ ways only:
   database statements of every API request share one thread and its
   persistent connection instead of a new thread (and connection) per request.
 
-A storage fault becomes 503 or 507 (``blobstore.faults``); one while a response
+A storage fault becomes 503 or 507 (``blobstore.api.faults``); one while a response
 streams cuts the response short with one warning in the log.
 """
 
