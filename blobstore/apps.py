@@ -12,5 +12,7 @@ class BlobstoreConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # Registers the system checks and the setting_changed receiver.
+        # Registers the system checks, the ProxyStore sub-package's too (it has no
+        # AppConfig of its own), and the setting_changed receiver.
         from blobstore import checks, signals  # noqa: F401
+        from blobstore.contrib.proxystore import checks as proxystore_checks  # noqa: F401

@@ -59,30 +59,6 @@ def check_access(**kwargs: Any) -> list[CheckMessage]:
     ]
 
 
-@register()
-def check_proxystore(**kwargs: Any) -> list[CheckMessage]:
-    """Report a BLOBSTORE_PROXYSTORE that is not a dict, or holds a bad value."""
-    from blobstore.contrib.proxystore import (
-        allowed_networks,
-        endpoint_uuid,
-        key_prefix,
-        storage_alias,
-    )
-
-    setting = conf.BLOBSTORE_PROXYSTORE
-    if not isinstance(setting, dict):
-        return [
-            Error(f"BLOBSTORE_PROXYSTORE must be a dict, not {setting!r}.", id="blobstore.E008")
-        ]
-    errors: list[CheckMessage] = []
-    for read in (endpoint_uuid, allowed_networks, key_prefix, storage_alias):
-        try:
-            read()
-        except ImproperlyConfigured as error:
-            errors.append(Error(str(error), id="blobstore.E008"))
-    return errors
-
-
 SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
 LOGIN_REQUIRED_MIDDLEWARE = "django.contrib.auth.middleware.LoginRequiredMiddleware"
 
@@ -90,7 +66,7 @@ LOGIN_REQUIRED_MIDDLEWARE = "django.contrib.auth.middleware.LoginRequiredMiddlew
 @register()
 def check_api_middleware(**kwargs: Any) -> list[CheckMessage]:
     """Report API middleware that cannot run, and MIDDLEWARE the short path must not skip."""
-    from blobstore.asgi import api_middleware_class
+    from blobstore.api.asgi import api_middleware_class
 
     try:
         kept = conf.BLOBSTORE_API_MIDDLEWARE
@@ -127,7 +103,7 @@ def _skipping_risk(path: str) -> str | None:
 @register()
 def check_inline_types(**kwargs: Any) -> list[CheckMessage]:
     """Report a BLOBSTORE_INLINE_TYPES that names a type a browser could run as a page."""
-    from blobstore.http import PASSIVE_TYPES
+    from blobstore.api.responses import PASSIVE_TYPES
 
     types = conf.BLOBSTORE_INLINE_TYPES
     if isinstance(types, list | tuple | set | frozenset) and all(

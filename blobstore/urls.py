@@ -1,24 +1,7 @@
-"""The HTTP API's routes: mount with ``path("blobs/", include("blobstore.urls"))``."""
+"""The HTTP API's routes, re-exported from blobstore.api.urls: ``include("blobstore.urls")``."""
 
 from __future__ import annotations
 
-from django.urls import path, register_converter
-from django.urls.converters import PathConverter
+from blobstore.api.urls import app_name, urlpatterns
 
-from blobstore.views import BlobListView, BlobView
-
-app_name = "blobstore"
-
-
-class KeyConverter(PathConverter):
-    """Match any key, line feeds too, so that the view refuses an invalid one with 400."""
-
-    regex = r"[\s\S]+"  # "." in the path converter stops at a line feed: a 404
-
-
-register_converter(KeyConverter, "blobkey")
-
-urlpatterns = [
-    path("", BlobListView.as_view(), name="list"),
-    path("<blobkey:key>", BlobView.as_view(), name="blob"),
-]
+__all__ = ["app_name", "urlpatterns"]

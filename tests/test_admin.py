@@ -24,11 +24,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.datastructures import MultiValueDict
 
-from blobstore.admin_forms import BlobAddForm, key_error
-from blobstore.admin_list import MAX_ROWS, BlobPaginator, Totals, blob_totals
-from blobstore.admin_views import zip_entry_names
+from blobstore.admin.changelist import MAX_ROWS, BlobPaginator, Totals, blob_totals
+from blobstore.admin.downloads import zip_entry_names
+from blobstore.admin.forms import BlobAddForm, key_error
+from blobstore.admin.previews import as_text, hex_dump, image_type
 from blobstore.models import Blob, BlobChunk
-from blobstore.preview import as_text, hex_dump, image_type
 from blobstore.storage import ORMStorage
 from tests.images import png
 
@@ -206,7 +206,7 @@ class PostgreSQLEstimateTests(TestCase):
         for index, size in enumerate(self.sizes):
             store(f"k{index:04}", b"x" * size, using="postgres")
         self.analyze()
-        self.enterContext(mock.patch("blobstore.admin_list.ESTIMATE_ABOVE", 100))
+        self.enterContext(mock.patch("blobstore.admin.changelist.ESTIMATE_ABOVE", 100))
 
     def analyze(self) -> None:
         with connections["postgres"].cursor() as cursor:
@@ -226,7 +226,7 @@ class PostgreSQLEstimateTests(TestCase):
         self.assertEqual(
             blob_totals(self.blobs.filter(key__lt="k0010")), Totals(10, sum(self.sizes[:10]))
         )
-        with mock.patch("blobstore.admin_list.ESTIMATE_ABOVE", 301):
+        with mock.patch("blobstore.admin.changelist.ESTIMATE_ABOVE", 301):
             self.assertEqual(blob_totals(self.blobs), Totals(300, sum(self.sizes)))
 
     def test_pages_past_the_estimate_still_show_their_blobs(self) -> None:

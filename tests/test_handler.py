@@ -14,10 +14,10 @@ from django.test import SimpleTestCase, override_settings
 from blobstore.checks import (
     SQLITE_OPTIONS,
     check_access,
-    check_proxystore,
     check_sqlite_journal,
     check_storages,
 )
+from blobstore.contrib.proxystore.checks import check_proxystore
 from blobstore.exceptions import InvalidStorageError
 from blobstore.storage import DictStorage, ORMStorage, SQLiteStorage, StorageHandler, storages
 

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.extra.django import TestCase
 
-from blobstore.admin_forms import BlobAddForm
+from blobstore.admin.forms import BlobAddForm
 from blobstore.models import Blob, BlobChunk
 from blobstore.storage import MAX_KEY_LENGTH, ORMStorage
 from tests.test_asgi import ShortPathTestCase

@@ -13,8 +13,8 @@ from django.core.management import call_command
 from django.test import SimpleTestCase, TestCase, override_settings
 
 from blobstore import signing
-from blobstore.faults import BUSY, FULL, UNREACHABLE
-from blobstore.http import error, json_response
+from blobstore.api.faults import BUSY, FULL, UNREACHABLE
+from blobstore.api.responses import error, json_response
 from blobstore.models import APIToken
 from blobstore.sizes import format_size
 from blobstore.storage import DictStorage, storages

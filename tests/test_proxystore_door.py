@@ -16,8 +16,8 @@ from django.test import SimpleTestCase, override_settings
 from playwright.sync_api import sync_playwright
 
 from blobstore.asgi import get_asgi_application
-from blobstore.checks import check_proxystore
 from blobstore.contrib.proxystore import endpoint_uuid
+from blobstore.contrib.proxystore.checks import check_proxystore
 from blobstore.storage import DictStorage, storages
 from tests.browser import launch_chromium
 from tests.live import LiveSite

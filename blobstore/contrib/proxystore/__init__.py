@@ -7,6 +7,13 @@ or networks; loopback by default), and see only the blobs under
 ``BLOBSTORE_PROXYSTORE["STORAGE"]``. The endpoint's UUID is
 ``BLOBSTORE_PROXYSTORE["UUID"]``, or one derived from ``SECRET_KEY`` so that it
 stays the same across restarts.
+
+A sub-package of the blobstore app, not an app: it has no models, migrations
+or templates, so a site enables it with its routes alone
+(``path("", include("blobstore.contrib.proxystore.urls"))``) and lists only
+``"blobstore"`` in ``INSTALLED_APPS``. blobstore's ``AppConfig.ready()``
+registers its system checks (``checks``), and ``manage.py blobstore`` runs its
+``proxystore-config`` subcommand (``commands``).
 """
 
 from __future__ import annotations

@@ -19,14 +19,8 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from blobstore.asgi import UNKNOWN_HOST
-from blobstore.contrib.proxystore import (
-    allowed_networks,
-    endpoint_uuid,
-    key_prefix,
-    storage_alias,
-)
-from blobstore.http import (
+from blobstore.api.asgi import UNKNOWN_HOST
+from blobstore.api.responses import (
     APIError,
     abbreviated,
     answer,
@@ -38,6 +32,12 @@ from blobstore.http import (
     require_utf8,
     storage_errors,
     with_blob_headers,
+)
+from blobstore.contrib.proxystore import (
+    allowed_networks,
+    endpoint_uuid,
+    key_prefix,
+    storage_alias,
 )
 from blobstore.storage import StreamingStorage, storages
 

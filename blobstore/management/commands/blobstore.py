@@ -20,7 +20,6 @@ import io
 import json
 import mimetypes
 import os
-import re
 import secrets
 import signal
 import stat
@@ -41,7 +40,7 @@ from django.db import connections
 from django.db.models import Count, Sum
 
 from blobstore import signing
-from blobstore.contrib.proxystore import endpoint_uuid
+from blobstore.contrib.proxystore import commands as proxystore
 from blobstore.exceptions import ObjectSizeExceededError, size_limit_advice
 from blobstore.files import BlobFileStorage
 from blobstore.management.progress import Progress
@@ -63,9 +62,6 @@ from blobstore.storage.base import (
     validate_content_type,
     validate_key,
 )
-
-# ProxyStore's own rule for endpoint names.
-ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
 CHUNK_SIZE = STREAM_CHUNK_SIZE
 """How much of a file is read at a time, in bytes (1 MiB)."""
@@ -118,18 +114,7 @@ class Command(BaseCommand):
         token.add_argument("username")
         token.add_argument("--name", default="", help="What the token is for.")
 
-        config = add(
-            "proxystore-config",
-            "Write the ProxyStore endpoint config.toml that lets EndpointConnector find this site.",
-        )
-        config.add_argument("name", help="The endpoint's name (letters, digits, - and _).")
-        config.add_argument("--host", required=True, help="The host the site answers on.")
-        config.add_argument("--port", type=int, required=True, help="The site's port.")
-        config.add_argument(
-            "--proxystore-home",
-            help="Where ProxyStore looks for endpoints (default: $PROXYSTORE_HOME, "
-            "else $XDG_DATA_HOME/proxystore or ~/.local/share/proxystore).",
-        )
+        proxystore.add_arguments(add(proxystore.NAME, proxystore.SUMMARY))
 
         put = add(
             "put",
@@ -286,10 +271,8 @@ class Command(BaseCommand):
     def handle(self, *args: Any, subcommand: str, **options: Any) -> None:
         if subcommand == "token":
             self.create_token(options["username"], options["name"])
-        elif subcommand == "proxystore-config":
-            self.write_proxystore_config(
-                options["name"], options["host"], options["port"], options["proxystore_home"]
-            )
+        elif subcommand == proxystore.NAME:
+            self.stdout.write(proxystore.handle(options))
         elif subcommand == "url":
             self.print_url(
                 options["key"], options["method"], options["expires"], options["base_url"]
@@ -320,25 +303,6 @@ class Command(BaseCommand):
         _, secret = APIToken.objects.create_token(user, name)
         self.stderr.write(f"A token for {username!r}; it is shown once, only its digest is stored:")
         self.stdout.write(secret)
-
-    def write_proxystore_config(self, name: str, host: str, port: int, home: str | None) -> None:
-        if not ENDPOINT_NAME.match(name):
-            raise CommandError(
-                f"The endpoint name {name!r} may hold only letters, digits, - and _."
-            )
-        if not 0 < port < 65536:
-            raise CommandError(f"The port must be from 1 to 65535, not {port}.")
-        path = proxystore_home(home) / name / "config.toml"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            "# Written by manage.py blobstore proxystore-config: a Django site serving\n"
-            "# ProxyStore's endpoint API through blobstore.contrib.proxystore.\n"
-            f"name = {_toml_string(name)}\n"
-            f'uuid = "{endpoint_uuid()}"\n'
-            f"host = {_toml_string(host)}\n"
-            f"port = {port}\n"
-        )
-        self.stdout.write(f"Wrote {path} for endpoint {endpoint_uuid()}.")
 
     # url and import-media
 
@@ -1010,18 +974,3 @@ def _timestamp(moment: datetime.datetime) -> str:
     if moment.tzinfo is None:
         return moment.isoformat(timespec="seconds")
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def proxystore_home(given: str | None = None) -> Path:
-    """Return the directory where ProxyStore keeps endpoint configurations."""
-    if given:
-        return Path(given).expanduser().resolve()
-    if "PROXYSTORE_HOME" in os.environ:
-        return Path(os.environ["PROXYSTORE_HOME"]).resolve()
-    data_home = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
-    return Path(data_home, "proxystore").resolve()
-
-
-def _toml_string(text: str) -> str:
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{escaped}"'

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from asgiref.sync import async_to_sync
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.contrib.admin.utils import quote, unquote
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -13,24 +13,21 @@ from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
-from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
-from django.utils.cache import add_never_cache_headers
 from django.utils.html import format_html
 from django.utils.http import urlencode
-from django.utils.translation import gettext, ngettext
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from blobstore.admin_forms import BlobAddForm, BlobChangeForm, human_size, size_in_bytes
-from blobstore.admin_list import (
+from blobstore.admin.changelist import (
     BlobPaginator,
     FolderListFilter,
     SizeListFilter,
     folder_breadcrumbs,
     is_folder,
 )
-from blobstore.admin_views import (
+from blobstore.admin.downloads import (
     blob_storage,
     download_response,
     image_response,
@@ -39,8 +36,9 @@ from blobstore.admin_views import (
     upload_chunks,
     zip_response,
 )
-from blobstore.models import APIToken, Blob
-from blobstore.preview import PREVIEW_BYTES, make_preview
+from blobstore.admin.forms import BlobAddForm, BlobChangeForm, human_size, size_in_bytes
+from blobstore.admin.previews import PREVIEW_BYTES, make_preview
+from blobstore.models import Blob
 from blobstore.storage.base import Attributes, prefix_end
 
 METADATA_FIELDS = [
@@ -240,82 +238,3 @@ class BlobAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             args=[quote(blob.pk)],
             current_app=self.admin_site.name,
         )
-
-
-class TokenStatusListFilter(admin.SimpleListFilter):
-    """Filter tokens by whether they still work: active or revoked."""
-
-    title = _("status")
-    parameter_name = "status"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
-        return [("active", _("Active")), ("revoked", _("Revoked"))]
-
-    def queryset(
-        self, request: HttpRequest, queryset: QuerySet[APIToken]
-    ) -> QuerySet[APIToken] | None:
-        if self.value() == "active":
-            return queryset.filter(revoked=None)
-        if self.value() == "revoked":
-            return queryset.exclude(revoked=None)
-        return None
-
-
-@admin.register(APIToken)
-class APITokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ["hint", "user", "name", "created", "revoked"]
-    list_filter = [TokenStatusListFilter]
-    search_fields = ["user__username", "name", "hint"]
-    actions = ["revoke"]
-
-    def get_fields(self, request: HttpRequest, obj: APIToken | None = None) -> list[Any]:
-        if obj is None:
-            return ["user", "name"]
-        return ["user", "name", "hint", "created", "revoked"]
-
-    def get_readonly_fields(self, request: HttpRequest, obj: APIToken | None = None) -> list[str]:
-        return [] if obj is None else ["user", "hint", "created", "revoked"]
-
-    def save_model(self, request: HttpRequest, obj: APIToken, form: Any, change: bool) -> None:
-        if change:
-            super().save_model(request, obj, form, change)
-            return
-        token, secret = APIToken.objects.create_token(obj.user, obj.name)
-        # The page that follows names the token as the list does.
-        obj.pk, obj.hint, obj.created = token.pk, token.hint, token.created
-        request.blobstore_token_secret = secret  # type: ignore[attr-defined]  # for response_add
-
-    def response_add(
-        self, request: HttpRequest, obj: APIToken, post_url_continue: str | None = None
-    ) -> HttpResponse:
-        """Show the new token's secret on this page alone: never in a message or a cookie."""
-        context = {
-            **self.admin_site.each_context(request),
-            "opts": self.opts,
-            "token": obj,
-            "secret": request.blobstore_token_secret,  # type: ignore[attr-defined]
-            "title": gettext("API token created"),
-        }
-        response = TemplateResponse(request, "admin/blobstore/apitoken/created.html", context)
-        add_never_cache_headers(response)  # the secret must not stay in any cache
-        return response
-
-    @admin.action(description=_("Revoke the selected tokens"))
-    def revoke(self, request: HttpRequest, queryset: QuerySet[APIToken]) -> None:
-        active = queryset.filter(revoked=None)
-        # Named by their first characters, which are no secret: the list shows them too.
-        hints = ", ".join(
-            f"{hint}…" for hint in active.order_by("hint").values_list("hint", flat=True)
-        )
-        revoked = active.update(revoked=timezone.now())
-        if not revoked:
-            self.message_user(
-                request, gettext("The selected tokens were revoked already."), messages.WARNING
-            )
-            return
-        message = ngettext(
-            "Revoked the token %(hints)s: programs that send it are refused from now on.",
-            "Revoked %(count)d tokens, %(hints)s: programs that send them are refused from now on.",
-            revoked,
-        )
-        self.message_user(request, message % {"count": revoked, "hints": hints}, messages.SUCCESS)

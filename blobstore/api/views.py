@@ -22,8 +22,8 @@ from django.utils.http import parse_etags, parse_http_date_safe
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
 
-from blobstore.auth import AccessDenied, authorize
-from blobstore.http import (
+from blobstore.api.auth import AccessDenied, authorize
+from blobstore.api.responses import (
     EXPIRES_HEADER,
     MAX_CONTENT_LENGTH,
     META_HEADER_PREFIX,

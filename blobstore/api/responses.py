@@ -17,10 +17,10 @@ from django.http.response import HttpResponseBase
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import content_disposition_header, http_date
 
-from blobstore.asgi import RECEIVE_KEY
+from blobstore.api.asgi import RECEIVE_KEY
+from blobstore.api.faults import UNREACHABLE_RETRY_AFTER, fault_response
 from blobstore.conf import conf
 from blobstore.exceptions import ObjectSizeExceededError, size_limit_advice
-from blobstore.faults import UNREACHABLE_RETRY_AFTER, fault_response
 from blobstore.sizes import format_size
 from blobstore.storage.base import BlobInfo, BlobStream, validate_key
 

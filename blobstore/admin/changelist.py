@@ -19,8 +19,8 @@ from django.utils.formats import number_format
 from django.utils.translation import gettext_lazy as _
 from django.utils.translation import ngettext
 
-from blobstore.admin_forms import human_size
-from blobstore.admin_views import blob_storage
+from blobstore.admin.downloads import blob_storage
+from blobstore.admin.forms import human_size
 from blobstore.models import Blob
 from blobstore.storage.base import prefix_end, validate_listing
 

@@ -49,8 +49,8 @@ class Fault:
 
     def response(self) -> JsonResponse:
         """Return the JSON error response that tells the client."""
-        # blobstore.http imports this module: its helper is imported when needed.
-        from blobstore.http import error
+        # blobstore.api.responses imports this module: its helper is imported when needed.
+        from blobstore.api.responses import error
 
         headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
         response = error(self.status, self.message, headers)

@@ -13,7 +13,8 @@ from django.http import StreamingHttpResponse
 from django.utils import timezone
 from django.utils.http import content_disposition_header
 
-from blobstore.http import (
+from blobstore.admin.previews import image_type
+from blobstore.api.responses import (
     OCTET_STREAM,
     SAFE_HEADERS,
     closing_chunks,
@@ -21,7 +22,6 @@ from blobstore.http import (
     keep_out_of_shared_caches,
 )
 from blobstore.models import Blob
-from blobstore.preview import image_type
 from blobstore.storage import BlobInfo, BlobStream, ORMStorage, storages
 from blobstore.storage.base import STREAM_CHUNK_SIZE
 

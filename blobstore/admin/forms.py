@@ -16,7 +16,7 @@ from django.utils.html import avoid_wrapping
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from blobstore.admin_views import blob_storage
+from blobstore.admin.downloads import blob_storage
 from blobstore.exceptions import size_limit_advice
 from blobstore.models import Blob
 from blobstore.sizes import format_size

@@ -1,0 +1,294 @@
+"""Django's ASGI handler, with blobstore's API routes on a short path.
+
+Use it in the site's ``asgi.py`` instead of Django's::
+
+    from blobstore.asgi import get_asgi_application
+
+    application = get_asgi_application()
+
+:class:`ASGIHandler` is Django's own handler: every request is built, sent,
+logged, cancelled when its client hangs up and finished (``request_finished``)
+as Django does it. A request whose URL resolves to a blobstore API view
+(``blobstore.urls``, ``blobstore.contrib.proxystore.urls``) differs in these
+ways only:
+
+- it skips ``MIDDLEWARE``, which Django runs through a thread hop per
+  ``MiddlewareMixin`` middleware; the async middleware that
+  ``BLOBSTORE_API_MIDDLEWARE`` lists run instead. ``ALLOWED_HOSTS`` still holds
+  (``request.get_host()``; another ``Host`` is answered 400 in JSON).
+- its body is not gathered first: the view reads it from the connection as it
+  arrives, so that a body over the storage's limit is refused as soon as it is
+  over, and one that stops arriving ends with 408 (``BLOBSTORE_BODY_TIMEOUT``).
+- ``request_started`` is not sent: its receivers are synchronous, a thread hop
+  before the view could start.
+- it runs outside Django's per-request ``ThreadSensitiveContext``, so the
+  database statements of every API request share one thread and its
+  persistent connection instead of a new thread (and connection) per request.
+
+A storage fault becomes 503 or 507 (``blobstore.api.faults``); one while a response
+streams cuts the response short with one warning in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import django
+from asgiref.sync import sync_to_async
+from django.core import signals
+from django.core.exceptions import DisallowedHost, ImproperlyConfigured, RequestAborted
+from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
+from django.core.handlers.asgi import get_script_prefix
+from django.core.handlers.base import BaseHandler
+from django.core.handlers.exception import convert_exception_to_response
+from django.http import HttpRequest
+from django.http.response import HttpResponseBase
+from django.urls import Resolver404, ResolverMatch, get_resolver, set_script_prefix
+from django.utils.module_loading import import_string
+
+from blobstore.api.faults import classify, close_broken_connections, fault_response, log_fault
+from blobstore.conf import conf
+
+Scope = dict[str, Any]
+Message = Mapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+AsyncGetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
+
+RECEIVE_KEY = "blobstore.receive"
+"""The scope key under which an API view finds the request body's messages."""
+MATCH_KEY = "blobstore.match"
+"""The scope key that marks an API request, and holds its URL's match."""
+
+UNKNOWN_HOST = (
+    "The Host header names a host that this site does not serve; the site's ALLOWED_HOSTS "
+    "must list it."
+)
+"""The error of a request whose Host is outside ALLOWED_HOSTS."""
+
+security_logger = logging.getLogger("django.security.DisallowedHost")
+
+
+def get_asgi_application() -> ASGIHandler:
+    """Set Django up and return its ASGI handler with the API routes on the short path."""
+    django.setup(set_prefix=False)
+    return ASGIHandler()
+
+
+def is_api_view(view: Callable[..., Any]) -> bool:
+    """Return whether view is a blobstore API view, which runs without MIDDLEWARE."""
+    return bool(getattr(getattr(view, "view_class", view), "blobstore_api", False))
+
+
+class BodyChannel:
+    """One connection's receive channel, shared by the view and Django's disconnect listener.
+
+    Django's handler listens for the client's disconnection while the view
+    runs. Here the listener is the channel's only reader: it hands the body's
+    messages to the view one at a time, as the view asks for them, and
+    returns the first message of another kind (``http.disconnect``).
+    """
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        # One message at a time: a body the view stops reading stays unread.
+        self._body: asyncio.Queue[Message] = asyncio.Queue(maxsize=1)
+
+    async def receive_body(self) -> Message:
+        """Return the next message of the request body, for the view."""
+        return await self._body.get()
+
+    async def __call__(self) -> Message:
+        while True:
+            message = await self._receive()
+            if message["type"] != "http.request":
+                return message
+            await self._body.put(message)
+
+
+class _Answered(Exception):
+    """Ends the task group of a request once its response has gone out."""
+
+
+class ASGIHandler(DjangoASGIHandler):
+    """Django's ASGI handler, serving blobstore's API views on the short path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.api = APIResponseHandler()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = api_match(scope)
+        if match is None:
+            await super().__call__(scope, receive, send)
+        else:
+            # Not in a ThreadSensitiveContext of its own: see the module's docstring.
+            await self.handle_api(match, scope, receive, send)
+
+    async def handle_api(
+        self, match: ResolverMatch, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Serve an API request as handle() does, but for the body and request_started.
+
+        The view reads the body through the BodyChannel. request_finished,
+        sent when the response is closed, closes stale database connections.
+        """
+        channel = BodyChannel(receive)
+        set_script_prefix(get_script_prefix(scope))
+        api_scope = {**scope, MATCH_KEY: match, RECEIVE_KEY: channel.receive_body}
+        request, refusal = self.create_request(api_scope, io.BytesIO())
+        if request is None:
+            assert refusal is not None  # create_request gives one or the other
+            await self.send_response(refusal, send)
+            await sync_to_async(refusal.close)()
+            return
+        response = None
+        try:
+            try:
+                # As Django's handle(): a client that hangs up cancels the view.
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(self.listen_for_disconnect(channel))
+                    response = await self.run_get_response(request)
+                    await self.send_response(response, send)
+                    raise _Answered
+            except* (_Answered, RequestAborted):
+                pass
+        except BaseExceptionGroup as failures:
+            if len(failures.exceptions) == 1:
+                raise failures.exceptions[0] from None
+            raise
+        if response is None:
+            await signals.request_finished.asend(sender=self.__class__)
+        else:
+            await sync_to_async(response.close)()
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        """Return the response, through the API's middleware for an API request."""
+        if MATCH_KEY in getattr(request, "scope", {}):
+            return await self.api.get_response_async(request)
+        response: HttpResponseBase = await super().get_response_async(request)
+        return response
+
+    async def send_response(self, response: HttpResponseBase, send: Send) -> None:
+        """Send the response; a storage fault while it streams cuts it short."""
+        if not response.streaming and not response.has_header("Content-Length"):
+            # What CommonMiddleware adds; without it the body would go out chunked.
+            response["Content-Length"] = str(len(response.content))  # type: ignore[attr-defined]
+        try:
+            await super().send_response(response, send)
+        except Exception as exc:
+            request = getattr(response, "_blobstore_request", None)
+            fault = classify(exc)
+            if fault is None or request is None:
+                raise
+            # The status went out already: the response ends short, and the
+            # server closes the connection, which tells the client so.
+            log_fault(request, exc, fault, outcome="response cut short")
+            await sync_to_async(close_broken_connections)()
+
+
+class APIResponseHandler(BaseHandler):
+    """Django's response machinery for API views, with BLOBSTORE_API_MIDDLEWARE alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.load_api_middleware()
+
+    def load_api_middleware(self) -> None:
+        """Build the chain of the API's middleware, as Django builds MIDDLEWARE's."""
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        # convert_exception_to_response keeps a coroutine function one.
+        handler: Any = convert_exception_to_response(self._view_response)
+        for path in reversed(conf.BLOBSTORE_API_MIDDLEWARE):
+            middleware = api_middleware_class(path)(handler)
+            if hasattr(middleware, "process_view"):
+                self._view_middleware.insert(
+                    0, self.adapt_method_mode(True, middleware.process_view)
+                )
+            if hasattr(middleware, "process_template_response"):
+                self._template_response_middleware.append(
+                    self.adapt_method_mode(True, middleware.process_template_response)
+                )
+            if hasattr(middleware, "process_exception"):
+                self._exception_middleware.append(
+                    self.adapt_method_mode(False, middleware.process_exception)
+                )
+            handler = convert_exception_to_response(middleware)
+        self._middleware_chain = self._host_checked(handler)
+
+    @staticmethod
+    def _host_checked(handler: AsyncGetResponse) -> AsyncGetResponse:
+        async def host_checked(request: HttpRequest) -> HttpResponseBase:
+            # What CommonMiddleware would do first: a Host outside ALLOWED_HOSTS
+            # (DNS rebinding, a stray virtual host) reaches no view.
+            # blobstore.api.responses imports this module: its helper is imported when needed.
+            from blobstore.api.responses import error
+
+            try:
+                request.get_host()
+            except DisallowedHost as refused:
+                security_logger.error(str(refused), extra={"status_code": 400, "request": request})
+                response = error(400, UNKNOWN_HOST)
+                response._has_been_logged = True  # type: ignore[attr-defined]
+                return response
+            return await handler(request)
+
+        return host_checked
+
+    def resolve_request(self, request: HttpRequest) -> ResolverMatch:
+        """Return the match found in routing, unless a middleware has set request.urlconf."""
+        if hasattr(request, "urlconf"):
+            return super().resolve_request(request)
+        match: ResolverMatch = request.scope[MATCH_KEY]  # type: ignore[attr-defined]
+        request.resolver_match = match
+        return match
+
+    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
+        """Return the response, with its request for the fault handling of send_response."""
+        response: HttpResponseBase = await super().get_response_async(request)
+        response._blobstore_request = request  # type: ignore[attr-defined]
+        return response
+
+    async def _view_response(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            response: HttpResponseBase = await self._get_response_async(request)  # type: ignore[attr-defined]
+        except Exception as exc:
+            fault = await fault_response(request, exc)
+            if fault is None:
+                raise
+            return fault
+        return response
+
+
+def api_match(scope: Scope) -> ResolverMatch | None:
+    """Return the match of an HTTP request for an API view, else None."""
+    if scope["type"] != "http":
+        return None
+    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    try:
+        match = get_resolver().resolve(path)
+    except Resolver404:
+        return None
+    return match if is_api_view(match.func) else None
+
+
+def api_middleware_class(path: str) -> Callable[[AsyncGetResponse], AsyncGetResponse]:
+    """Import the middleware at path, or raise ImproperlyConfigured if it is not async-capable."""
+    try:
+        middleware = import_string(path)
+    except ImportError as missing:
+        raise ImproperlyConfigured(
+            f"BLOBSTORE_API_MIDDLEWARE names {path!r}, which cannot be imported: {missing}"
+        ) from None
+    if not getattr(middleware, "async_capable", False):
+        raise ImproperlyConfigured(
+            f"BLOBSTORE_API_MIDDLEWARE names {path!r}, which is not async-capable: "
+            "the API routes run no synchronous middleware."
+        )
+    return middleware  # type: ignore[no-any-return]
