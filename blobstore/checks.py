@@ -1,4 +1,4 @@
-"""System checks for blobstore's settings."""
+"""System checks for blobstore's storage settings (the API's are in blobstore.api.checks)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
-from django.core.exceptions import ImproperlyConfigured
 
 from blobstore.conf import ANONYMOUS_ACCESS_CHOICES, conf
 from blobstore.exceptions import InvalidStorageError
@@ -55,67 +54,6 @@ def check_access(**kwargs: Any) -> list[CheckMessage]:
             f"BLOBSTORE_ANONYMOUS_ACCESS must be one of {ANONYMOUS_ACCESS_CHOICES!r}, "
             f"not {access!r}.",
             id="blobstore.E007",
-        )
-    ]
-
-
-SECURITY_MIDDLEWARE = "django.middleware.security.SecurityMiddleware"
-LOGIN_REQUIRED_MIDDLEWARE = "django.contrib.auth.middleware.LoginRequiredMiddleware"
-
-
-@register()
-def check_api_middleware(**kwargs: Any) -> list[CheckMessage]:
-    """Report API middleware that cannot run, and MIDDLEWARE the short path must not skip."""
-    from blobstore.api.asgi import api_middleware_class
-
-    try:
-        kept = conf.BLOBSTORE_API_MIDDLEWARE
-        for path in kept:
-            api_middleware_class(path)
-    except ImproperlyConfigured as error:
-        return [Error(str(error), id="blobstore.E010")]
-    return [
-        Warning(
-            f"On the short path (blobstore.asgi) the API routes skip {path!r}: {risk}",
-            hint="List it in BLOBSTORE_API_MIDDLEWARE if it is async-capable and the API "
-            "needs it, or silence blobstore.W002 where the site does not use blobstore.asgi.",
-            id="blobstore.W002",
-        )
-        for path in settings.MIDDLEWARE
-        if path not in kept and (risk := _skipping_risk(path)) is not None
-    ]
-
-
-def _skipping_risk(path: str) -> str | None:
-    """Return what skipping the middleware at path would open, or None if nothing."""
-    if path == SECURITY_MIDDLEWARE and getattr(settings, "SECURE_SSL_REDIRECT", False):
-        return "SECURE_SSL_REDIRECT is on, and the API would still answer plain HTTP."
-    if path == LOGIN_REQUIRED_MIDDLEWARE:
-        return (
-            "the REST routes authorize each request themselves, but the ProxyStore routes "
-            "answer their allowed clients with no login."
-        )
-    if not path.startswith("django."):
-        return "blobstore cannot tell what it does (access rules, request rewriting)."
-    return None
-
-
-@register()
-def check_inline_types(**kwargs: Any) -> list[CheckMessage]:
-    """Report a BLOBSTORE_INLINE_TYPES that names a type a browser could run as a page."""
-    from blobstore.api.responses import PASSIVE_TYPES
-
-    types = conf.BLOBSTORE_INLINE_TYPES
-    if isinstance(types, list | tuple | set | frozenset) and all(
-        isinstance(name, str) and name in PASSIVE_TYPES for name in types
-    ):
-        return []
-    return [
-        Error(
-            f"BLOBSTORE_INLINE_TYPES must be a list of passive media types, not {types!r}.",
-            hint=f"Choose from {sorted(PASSIVE_TYPES)!r}; every other type is served "
-            "as an attachment.",
-            id="blobstore.E009",
         )
     ]
 

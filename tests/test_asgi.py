@@ -14,8 +14,8 @@ from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from django.test import SimpleTestCase, TestCase, override_settings
 
+from blobstore.api.checks import check_api_middleware
 from blobstore.asgi import ASGIHandler, get_asgi_application
-from blobstore.checks import check_api_middleware
 from blobstore.models import APIToken
 from blobstore.storage import BlobStream, DictStorage, ORMStorage, storages
 

@@ -10,8 +10,8 @@ from typing import Any
 from django.test import SimpleTestCase, override_settings
 from django.utils.http import http_date
 
+from blobstore.api.checks import check_inline_types
 from blobstore.api.responses import PASSIVE_TYPES
-from blobstore.checks import check_inline_types
 from blobstore.storage import storages
 from tests.test_api import POSTGRES_STORAGE, APITestCase
 
