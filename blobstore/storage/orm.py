@@ -254,6 +254,9 @@ class ORMStorage(ChunkedStorage):
         """Point key at the row's version if the condition holds; return the key's creation."""
         for _ in range(_ATTEMPTS):
             with transaction.atomic(using=self.using):
+                if if_absent and self._insert(row):
+                    # The usual case of a new name, in one statement: no row to look at.
+                    return row.updated
                 current = (
                     self.blobs.select_for_update()
                     .filter(key=row.key)
