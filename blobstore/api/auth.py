@@ -12,6 +12,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import aget_user
 from django.contrib.auth.models import AnonymousUser
@@ -76,14 +77,14 @@ async def _authenticate(request: HttpRequest) -> tuple[User, bool]:
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise AccessDenied(401, "The Authorization header must be 'Bearer <token>'.")
-    token = await APIToken.objects.aget_active(secret.strip())
-    if token is None:
+    user = await sync_to_async(APIToken.objects.active_user)(secret.strip())
+    if user is None:
         raise AccessDenied(
             401,
             "The API token is invalid or revoked; make a new one in the admin or with "
             "'manage.py blobstore token USERNAME'.",
         )
-    return token.user, True
+    return user, True
 
 
 async def _session_user(request: HttpRequest) -> User:
