@@ -60,9 +60,6 @@ READ_BUFFER_SIZE = 64 * 1024
 READ_AHEAD_LIMIT = 4 * STREAM_CHUNK_SIZE
 """The most that a read fetches beyond what it asks for, in bytes, when reads go on in order."""
 
-DEFAULT_URL_EXPIRES = 3600
-"""How long a URL from :meth:`BlobFileStorage.url` works, in seconds, unless told otherwise."""
-
 
 @deconstructible(path="blobstore.files.BlobFileStorage")
 class BlobFileStorage(Storage):
@@ -78,7 +75,7 @@ class BlobFileStorage(Storage):
         alias: str = "default",
         location: str = "",
         allow_overwrite: bool = False,
-        url_expires: int = DEFAULT_URL_EXPIRES,
+        url_expires: int = signing.DEFAULT_EXPIRES,
     ) -> None:
         if not isinstance(alias, str):
             raise TypeError(f"alias must be a str, not {type(alias).__name__}.")

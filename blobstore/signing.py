@@ -30,11 +30,15 @@ GRANTED_BY = {"GET": "GET", "HEAD": "GET", "PUT": "PUT"}
 """Which grant each request method needs."""
 
 
+DEFAULT_EXPIRES = 3600
+"""How long a signed URL works, in seconds, unless told otherwise."""
+
+
 class SignatureError(Exception):
     """A signed URL that grants nothing for the request; the message says why."""
 
 
-def signed_url(key: str, *, method: str = "GET", expires: int = 3600) -> str:
+def signed_url(key: str, *, method: str = "GET", expires: int = DEFAULT_EXPIRES) -> str:
     """Return the API's path of key with a signature granting method for expires seconds."""
     if method not in METHODS:
         raise ValueError(f"A signed URL grants GET or PUT, not {method!r}.")

@@ -235,9 +235,9 @@ class Command(BaseCommand):
         url.add_argument(
             "--expires",
             type=int,
-            default=3600,
+            default=signing.DEFAULT_EXPIRES,
             metavar="SECONDS",
-            help="How long the URL works (default: 3600).",
+            help=f"How long the URL works (default: {signing.DEFAULT_EXPIRES}).",
         )
         url.add_argument("--method", choices=signing.METHODS, default="GET")
         url.add_argument("--base-url", default="", help="The site's address, e.g. https://host")
