@@ -32,8 +32,10 @@ streams cuts the response short with one warning in the log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -47,11 +49,12 @@ from django.core.handlers.base import BaseHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
-from django.urls import Resolver404, ResolverMatch, get_resolver, set_script_prefix
+from django.urls import Resolver404, ResolverMatch, URLResolver, get_resolver, set_script_prefix
 from django.utils.module_loading import import_string
 
 from blobstore.api.faults import classify, close_broken_connections, fault_response, log_fault
 from blobstore.conf import conf
+from blobstore.storage.wal import for_sync_caller
 
 Scope = dict[str, Any]
 Message = Mapping[str, Any]
@@ -120,6 +123,7 @@ class ASGIHandler(DjangoASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self.api = APIResponseHandler()
+        self.closer = ResponseCloser()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = api_match(scope)
@@ -164,11 +168,11 @@ class ASGIHandler(DjangoASGIHandler):
         if response is None:
             await signals.request_finished.asend(sender=self.__class__)
         else:
-            await sync_to_async(response.close)()
+            await self.closer.close(response)
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         """Return the response, through the API's middleware for an API request."""
-        if MATCH_KEY in getattr(request, "scope", {}):
+        if on_short_path(request):
             return await self.api.get_response_async(request)
         response: HttpResponseBase = await super().get_response_async(request)
         return response
@@ -189,6 +193,78 @@ class ASGIHandler(DjangoASGIHandler):
             # server closes the connection, which tells the client so.
             log_fault(request, exc, fault, outcome="response cut short")
             await sync_to_async(close_broken_connections)()
+
+
+class ResponseCloser:
+    """Close sent API responses in the thread of the API's statements, many in one hop.
+
+    As Django does, each response is closed through sync_to_async, which
+    sends request_finished to its synchronous receivers (that close stale
+    database connections among them). Under load a hop per response costs the
+    event loop more than the view did: the responses sent while a hop runs are
+    closed together in the next one, each in turn, each still sending the signal.
+    """
+
+    def __init__(self) -> None:
+        self._waiting: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, list[tuple[HttpResponseBase, asyncio.Future[None]]]
+        ] = weakref.WeakKeyDictionary()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    async def close(self, response: HttpResponseBase) -> None:
+        """Close response; raise what its closing raised."""
+        if for_sync_caller():
+            # Its loop lasts one call, and its thread is the caller's: nothing to share.
+            await sync_to_async(response.close)()
+            return
+        loop = asyncio.get_running_loop()
+        closed: asyncio.Future[None] = loop.create_future()
+        waiting = self._waiting.setdefault(loop, [])
+        waiting.append((response, closed))
+        if len(waiting) == 1:
+            task = loop.create_task(self._close_waiting(waiting))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+        await closed
+
+    @staticmethod
+    async def _close_waiting(waiting: list[tuple[HttpResponseBase, asyncio.Future[None]]]) -> None:
+        try:
+            while waiting:
+                batch = waiting[:]
+                outcomes = await sync_to_async(_close_all)([response for response, _ in batch])
+                del waiting[: len(batch)]
+                for (_, closed), failure in zip(batch, outcomes, strict=True):
+                    _settle(closed, failure)
+        except BaseException as failure:
+            for _, closed in waiting:
+                _settle(closed, failure)
+            waiting.clear()
+            raise
+
+
+def _settle(closed: asyncio.Future[None], failure: BaseException | None) -> None:
+    if closed.done():  # its request was cancelled meanwhile
+        return
+    if failure is None:
+        closed.set_result(None)
+    elif isinstance(failure, asyncio.CancelledError):
+        closed.cancel()
+    else:
+        closed.set_exception(failure)
+
+
+def _close_all(responses: list[HttpResponseBase]) -> list[Exception | None]:
+    """Close each response; return what each raised, or None."""
+    outcomes: list[Exception | None] = []
+    for response in responses:
+        try:
+            response.close()
+        except Exception as failure:
+            outcomes.append(failure)
+        else:
+            outcomes.append(None)
+    return outcomes
 
 
 class APIResponseHandler(BaseHandler):
@@ -266,13 +342,24 @@ class APIResponseHandler(BaseHandler):
         return response
 
 
+def on_short_path(request: HttpRequest) -> bool:
+    """Return whether request came by the short path, which checks its host before any view."""
+    return MATCH_KEY in getattr(request, "scope", {})
+
+
 def api_match(scope: Scope) -> ResolverMatch | None:
     """Return the match of an HTTP request for an API view, else None."""
     if scope["type"] != "http":
         return None
-    path = scope["path"].removeprefix(scope.get("root_path", ""))
+    return _api_match(get_resolver(), scope["path"].removeprefix(scope.get("root_path", "")))
+
+
+@functools.lru_cache(maxsize=1024)
+def _api_match(resolver: URLResolver, path: str) -> ResolverMatch | None:
+    # Cached: resolving walks the site's whole URLconf, on every request. A
+    # new URLconf (ROOT_URLCONF changed) is a new resolver, so new entries.
     try:
-        match = get_resolver().resolve(path)
+        match = resolver.resolve(path)
     except Resolver404:
         return None
     return match if is_api_view(match.func) else None

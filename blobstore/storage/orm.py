@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import re
 import sqlite3
 import threading
 import time
@@ -42,6 +43,7 @@ from blobstore.storage.chunked import (
     CommitGroup,
     Version,
 )
+from blobstore.storage.wal import LoopReader
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -96,6 +98,7 @@ class ORMStorage(ChunkedStorage):
         self.timeout = float(timeout)
         self._selects: dict[tuple[str, ...], _Statement] = {}
         self._group = CommitGroup(self._upsert_group)
+        self._loop_reader = LoopReader()
 
     @property
     def blobs(self) -> QuerySet[Blob]:
@@ -121,7 +124,7 @@ class ORMStorage(ChunkedStorage):
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """Return the blob for key, or default when there is none."""
         validate_key(key)
-        rows = await sync_to_async(self._select_by_key)(("data", "version"), key)
+        rows = await self._select(("data", "version"), key)
         if not rows:
             return default
         head, version = rows[0]
@@ -142,7 +145,7 @@ class ORMStorage(ChunkedStorage):
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
         validate_key(key)
-        return bool(await sync_to_async(self._select_by_key)((), key))
+        return bool(await self._select((), key))
 
     async def evict(self, key: str) -> None:
         """Remove the blob stored under key, if there is one."""
@@ -165,11 +168,11 @@ class ORMStorage(ChunkedStorage):
     async def stat(self, key: str) -> BlobInfo | None:
         """Return the record of the blob stored under key, or None."""
         validate_key(key)
-        rows = await sync_to_async(self._select_by_key)(tuple(_INFO_FIELDS), key)
+        rows = await self._select(tuple(_INFO_FIELDS), key)
         return BlobInfo(*rows[0]) if rows else None
 
     async def _read_head(self, key: str) -> tuple[BlobInfo, bytes, uuid.UUID | None] | None:
-        rows = await sync_to_async(self._select_by_key)((*_INFO_FIELDS, "data", "version"), key)
+        rows = await self._select((*_INFO_FIELDS, "data", "version"), key)
         if not rows:
             return None
         *info, head, version = rows[0]
@@ -213,15 +216,22 @@ class ORMStorage(ChunkedStorage):
     def _now(self) -> datetime.datetime:
         return timezone.now()
 
-    def _select_by_key(self, columns: tuple[str, ...], key: str) -> list[tuple[Any, ...]]:
+    async def _select(self, columns: tuple[str, ...], key: str) -> list[tuple[Any, ...]]:
         """Return the given columns of the live row of key, as a list of at most one row."""
+        statement = self._select_statement(columns)
+        rows = statement.run_on_loop(self._loop_reader, key=key, now=timezone.now())
+        if rows is None:
+            rows = await sync_to_async(statement.run)(key=key, now=timezone.now())
+        return rows
+
+    def _select_statement(self, columns: tuple[str, ...]) -> _Statement:
         statement = self._selects.get(columns)
         if statement is None:
             query = self.blobs.filter(key=_KEY_MARK).filter(
                 Q(expires=None) | Q(expires__gt=_TIME_MARK)
             )
             statement = self._selects[columns] = _Statement(query.values_list(*(columns or ["pk"])))
-        return statement.run(key=key, now=timezone.now())
+        return statement
 
     def _upsert_many(self, rows: list[Version]) -> list[datetime.datetime | None]:
         """Upsert rows in one transaction; return the creation of each key, or None."""
@@ -385,16 +395,41 @@ class _Statement:
         self.time_slot = self.params.index(self.expires.get_db_prep_value(_TIME_MARK, connection))
         self.compiler = compiler
         self.converters = compiler.get_converters([column for column, _, _ in compiler.select])
+        # SQLite's own placeholders, as Django's SQLite cursor rewrites them.
+        self.qmark_sql = re.sub(r"(?<!%)%s", "?", self.sql).replace("%%", "%")
 
     def run(self, *, key: str, now: datetime.datetime) -> list[tuple[Any, ...]]:
         """Return the rows of the query for key, at the time now."""
         connection = connections[self.using]
+        rows = _execute(connection, self.sql, self.parameters(key, now, connection))
+        if _binary_postgresql(connection):
+            # psycopg's binary results are Python values already (jsonb a dict).
+            return rows
+        return self.converted(rows)
+
+    def run_on_loop(
+        self, reader: LoopReader, *, key: str, now: datetime.datetime
+    ) -> list[tuple[Any, ...]] | None:
+        """Return the rows for key at the time now, read on the loop; None where it may not."""
+        connection = self.compiler.connection  # for Django's conversions, not for a query
+        if connection.vendor != "sqlite" or _in_memory(connection):
+            return None
+        path = str(connection.settings_dict["NAME"])
+        rows = reader.fetchall(path, self.qmark_sql, self.parameters(key, now, connection))
+        return None if rows is None else self.converted(rows)
+
+    def parameters(
+        self, key: str, now: datetime.datetime, connection: BaseDatabaseWrapper
+    ) -> list[Any]:
+        """Return the statement's parameters for key at the time now."""
         params = list(self.params)
         params[self.key_slot] = key
         params[self.time_slot] = self.expires.get_db_prep_value(now, connection)
-        rows = _execute(connection, self.sql, params)
-        if not rows or _binary_postgresql(connection):
-            # psycopg's binary results are Python values already (jsonb a dict).
+        return params
+
+    def converted(self, rows: list[Any]) -> list[tuple[Any, ...]]:
+        """Return rows as Django's converters make them."""
+        if not rows:
             return rows
         return [tuple(row) for row in self.compiler.apply_converters(rows, self.converters)]
 

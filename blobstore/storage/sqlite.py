@@ -34,6 +34,7 @@ from blobstore.storage.base import (
     validate_listing,
 )
 from blobstore.storage.chunked import ChunkedStorage, ChunkSink, ChunkSource, Version
+from blobstore.storage.wal import LoopReader
 
 MEMORY = ":memory:"
 
@@ -133,6 +134,7 @@ class SQLiteStorage(ChunkedStorage):
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         self._opening = asyncio.Lock()
+        self._loop_reader = LoopReader()
 
     async def db(self) -> aiosqlite.Connection:
         """Return the database connection, opening it on first use."""
@@ -203,7 +205,7 @@ class SQLiteStorage(ChunkedStorage):
     async def get(self, key: str, default: bytes | None = None) -> bytes | None:
         """Return the blob for key, or default when there is none."""
         validate_key(key)
-        rows = await self._fetchall(
+        rows = await self._read(
             f"SELECT value, version FROM blobs WHERE key = ? AND {_LIVE}", (key, time.time())
         )
         if not rows:
@@ -226,7 +228,7 @@ class SQLiteStorage(ChunkedStorage):
     async def exists(self, key: str) -> bool:
         """Return whether a blob is stored under key."""
         validate_key(key)
-        rows = await self._fetchall(
+        rows = await self._read(
             f"SELECT 1 FROM blobs WHERE key = ? AND {_LIVE}", (key, time.time())
         )
         return bool(rows)
@@ -253,13 +255,13 @@ class SQLiteStorage(ChunkedStorage):
         if end is not None:
             sql += " AND key < ?"
             params.append(end)
-        rows = await self._fetchall(f"{sql} ORDER BY key LIMIT ?", (*params, limit))
+        rows = await self._read(f"{sql} ORDER BY key LIMIT ?", (*params, limit))
         return [_info(*row) for row in rows]
 
     async def stat(self, key: str) -> BlobInfo | None:
         """Return the record of the blob stored under key, or None."""
         validate_key(key)
-        rows = await self._fetchall(
+        rows = await self._read(
             f"SELECT {_INFO_COLUMNS} FROM blobs WHERE key = ? AND {_LIVE}", (key, time.time())
         )
         return _info(*rows[0]) if rows else None
@@ -286,7 +288,7 @@ class SQLiteStorage(ChunkedStorage):
         return expired + len(versions), expired + cursor.rowcount
 
     async def _read_head(self, key: str) -> tuple[BlobInfo, bytes, uuid.UUID | None] | None:
-        rows = await self._fetchall(
+        rows = await self._read(
             f"SELECT {_INFO_COLUMNS}, value, version FROM blobs WHERE key = ? AND {_LIVE}",
             (key, time.time()),
         )
@@ -332,6 +334,15 @@ class SQLiteStorage(ChunkedStorage):
 
     async def _discard(self, version: uuid.UUID) -> None:
         await self._fetchall("DELETE FROM chunks WHERE version = ?", (version.hex,))
+
+    async def _read(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
+        """Return the rows of a read: on the loop's thread where it may, else as _fetchall."""
+        db = await self.db()
+        if self.database_path != MEMORY:
+            rows = self._loop_reader.fetchall(self.database_path, sql, params)
+            if rows is not None:
+                return rows
+        return list(await db.execute_fetchall(sql, params))
 
     async def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         # One hop to aiosqlite's thread, where execute + fetchone + close take three.

@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from blobstore.api.asgi import UNKNOWN_HOST
+from blobstore.api.asgi import UNKNOWN_HOST, on_short_path
 from blobstore.api.responses import (
     APIError,
     abbreviated,
@@ -41,6 +41,7 @@ from blobstore.contrib.proxystore import (
 )
 from blobstore.storage import StreamingStorage, storages
 
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 View = Callable[[HttpRequest], Coroutine[Any, Any, HttpResponseBase]]
 
 BROWSER_INITIATED = "none"
@@ -153,10 +154,11 @@ def _check_endpoint(value: str | None) -> None:
 
 def _refusal(request: HttpRequest) -> HttpResponseBase | None:
     """Return the response that refuses a request the door is closed to, else None."""
-    try:
-        request.get_host()
-    except DisallowedHost:
-        return error(400, UNKNOWN_HOST)
+    if not on_short_path(request):  # which has checked the host already
+        try:
+            request.get_host()
+        except DisallowedHost:
+            return error(400, UNKNOWN_HOST)
     # A page in a browser, on whatever origin, must not reach these routes:
     # browsers send Origin with every cross-origin request and every POST,
     # and Sec-Fetch-Site with every request they make for a page.
@@ -175,8 +177,13 @@ def _refusal(request: HttpRequest) -> HttpResponseBase | None:
 
 
 def _client_allowed(address: str) -> bool:
+    return _in_networks(address, tuple(allowed_networks()))
+
+
+@functools.lru_cache(maxsize=256)
+def _in_networks(address: str, networks: tuple[IPNetwork, ...]) -> bool:
     try:
         client = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return any(client in network for network in allowed_networks())
+    return any(client in network for network in networks)

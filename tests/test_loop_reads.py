@@ -1,0 +1,221 @@
+"""Work kept off threads on a server's event loop: SQLite reads on the loop, closes in groups.
+
+These run their own event loop with ``asyncio.run``, as a server does, not
+under ``async_to_sync`` as Django's async test methods are, which must (and
+here do) keep to the thread of the caller's connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import httpx
+from asgiref.sync import async_to_sync, sync_to_async
+from django.core.signals import request_finished
+from django.db import close_old_connections, connections, transaction
+from django.test import SimpleTestCase, TestCase, TransactionTestCase, override_settings
+
+from blobstore.api import asgi
+from blobstore.asgi import get_asgi_application
+from blobstore.storage import ORMStorage, SQLiteStorage, storages
+from blobstore.storage.wal import LoopReader, for_sync_caller
+
+
+def sqlite_file(directory: str, journal_mode: str) -> str:
+    path = str(Path(directory) / f"{journal_mode}.sqlite3")
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA journal_mode={journal_mode}")
+        db.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v BLOB)")
+        db.execute("INSERT INTO t VALUES ('a', x'01')")
+    db.close()
+    return path
+
+
+class LoopReaderTests(SimpleTestCase):
+    def setUp(self) -> None:
+        scratch = tempfile.TemporaryDirectory()
+        self.addCleanup(scratch.cleanup)
+        self.directory = scratch.name
+        self.reader = LoopReader()
+
+    def test_a_wal_file_is_read_and_later_commits_are_seen(self) -> None:
+        path = sqlite_file(self.directory, "wal")
+        select = "SELECT v FROM t WHERE k = ?"
+        self.assertEqual(self.reader.fetchall(path, select, ("a",)), [(b"\x01",)])
+        with sqlite3.connect(path) as writer:
+            writer.execute("UPDATE t SET v = x'02' WHERE k = 'a'")
+        writer.close()
+        self.assertEqual(self.reader.fetchall(path, select, ("a",)), [(b"\x02",)])
+
+    def test_the_loops_connection_cannot_write(self) -> None:
+        path = sqlite_file(self.directory, "wal")
+        self.assertIsNone(self.reader.fetchall(path, "DELETE FROM t", ()))
+        self.assertEqual(self.reader.fetchall(path, "SELECT count(*) FROM t", ()), [(1,)])
+
+    def test_a_file_without_wal_is_left_to_the_callers_connection(self) -> None:
+        # Without WAL a reader waits for writers, which on the loop would stall every request.
+        path = sqlite_file(self.directory, "delete")
+        self.assertIsNone(self.reader.fetchall(path, "SELECT v FROM t", ()))
+
+    def test_a_missing_file_is_not_created(self) -> None:
+        path = Path(self.directory) / "missing.sqlite3"
+        self.assertIsNone(self.reader.fetchall(str(path), "SELECT 1", ()))
+        self.assertFalse(path.exists())
+
+    def test_code_run_for_a_synchronous_caller_does_not_read_on_its_loop(self) -> None:
+        path = sqlite_file(self.directory, "wal")
+
+        async def read() -> tuple[bool, Any]:
+            return for_sync_caller(), self.reader.fetchall(path, "SELECT v FROM t", ())
+
+        self.assertEqual(async_to_sync(read)(), (True, None))
+        self.assertEqual(asyncio.run(read()), (False, [(b"\x01",)]))
+
+
+class ORMStorageLoopReadTests(TransactionTestCase):
+    databases = {"default"}
+
+    def test_reads_on_a_servers_loop_see_every_commit(self) -> None:
+        storage = ORMStorage()
+
+        async def scenario() -> list[Any]:
+            seen: list[Any] = [await storage.get("k")]
+            await storage.set("k", b"one")
+            seen += [await storage.get("k"), await storage.exists("k")]
+            await storage.set("k", b"two")
+            stream = await storage.stream("k")
+            assert stream is not None
+            async with stream:
+                seen.append(await stream.read())
+            await storage.evict("k")
+            seen += [await storage.get("k"), await storage.stat("k")]
+            # The statements' thread keeps its connection open, which would keep
+            # the test database from being dropped.
+            await sync_to_async(connections.close_all)()
+            return seen
+
+        self.assertEqual(asyncio.run(scenario()), [None, b"one", True, b"two", None, None])
+        opened = storage._loop_reader._local.__dict__.get("opened", {})
+        if connections["default"].vendor == "sqlite":
+            path = str(connections["default"].settings_dict["NAME"])
+            self.assertIsNotNone(opened.get(path), "the loop did not read the WAL file")
+        else:
+            self.assertEqual(opened, {})
+
+
+class ORMStorageCallerTransactionTests(TestCase):
+    def test_a_synchronous_callers_uncommitted_write_is_read_back(self) -> None:
+        storage = ORMStorage()
+        with transaction.atomic():
+            async_to_sync(storage.set)("mine", b"not committed yet")
+            self.assertEqual(async_to_sync(storage.get)("mine"), b"not committed yet")
+
+
+class SQLiteStorageLoopReadTests(SimpleTestCase):
+    def test_reads_on_the_loop_see_another_connections_commits(self) -> None:
+        scratch = tempfile.TemporaryDirectory()
+        self.addCleanup(scratch.cleanup)
+        path = Path(scratch.name) / "blobs.sqlite3"
+        reader, writer = SQLiteStorage(path), SQLiteStorage(path)
+
+        async def scenario() -> list[Any]:
+            seen: list[Any] = [await reader.get("k")]
+            await writer.set("k", b"one")
+            seen += [await reader.get("k"), await reader.exists("k")]
+            await writer.evict("k")
+            seen.append(await reader.get("k"))
+            await reader.close()
+            await writer.close()
+            return seen
+
+        self.assertEqual(asyncio.run(scenario()), [None, b"one", True, None])
+        self.assertIsNotNone(reader._loop_reader._local.opened[str(path)])
+
+
+@override_settings(BLOBSTORE_STORAGES={"default": {"BACKEND": "blobstore.storage.DictStorage"}})
+class ResponseCloserTests(SimpleTestCase):
+    REQUESTS = 24
+
+    def setUp(self) -> None:
+        request_finished.disconnect(close_old_connections)  # no database here
+        self.addCleanup(request_finished.connect, close_old_connections)
+        self.finished = 0
+        request_finished.connect(self.count_finished)
+        self.addCleanup(request_finished.disconnect, self.count_finished)
+
+    def count_finished(self, **kwargs: Any) -> None:
+        self.finished += 1
+
+    def test_concurrent_responses_are_closed_in_few_hops_each_sending_request_finished(
+        self,
+    ) -> None:
+        batches: list[int] = []
+        close_all = asgi._close_all
+
+        def recording(responses: list[Any]) -> list[Exception | None]:
+            batches.append(len(responses))
+            return close_all(responses)
+
+        async def scenario() -> list[int]:
+            await storages["default"].set("proxystore/k", b"blob")
+            transport = httpx.ASGITransport(
+                app=get_asgi_application(),  # type: ignore[arg-type]  # httpx: MutableMapping
+                client=("127.0.0.1", 1),
+            )
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+                responses = await asyncio.gather(
+                    *(http.get("/get", params={"key": "k"}) for _ in range(self.REQUESTS))
+                )
+            return [response.status_code for response in responses]
+
+        with mock.patch.object(asgi, "_close_all", recording):
+            statuses = asyncio.run(scenario())
+        self.assertEqual(statuses, [200] * self.REQUESTS)
+        self.assertEqual(self.finished, self.REQUESTS)
+        self.assertEqual(sum(batches), self.REQUESTS)
+        self.assertLess(len(batches), self.REQUESTS, f"one hop per response: {batches}")
+
+    def test_a_failing_receiver_fails_its_own_request_only(self) -> None:
+        failures = iter([RuntimeError("receiver failed")])
+
+        def failing_once(**kwargs: Any) -> None:
+            failure = next(failures, None)
+            if failure is not None:
+                raise failure
+
+        request_finished.connect(failing_once)
+        self.addCleanup(request_finished.disconnect, failing_once)
+
+        async def scenario() -> list[Any]:
+            await storages["default"].set("proxystore/k", b"blob")
+            transport = httpx.ASGITransport(
+                app=get_asgi_application(),  # type: ignore[arg-type]  # httpx: MutableMapping
+                client=("127.0.0.1", 1),
+                raise_app_exceptions=False,
+            )
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
+                return await asyncio.gather(
+                    *(http.get("/get", params={"key": "k"}) for _ in range(4)),
+                    return_exceptions=True,
+                )
+
+        outcomes = asyncio.run(scenario())
+        self.assertEqual([getattr(o, "status_code", None) for o in outcomes], [200] * 4)
+        self.assertEqual(self.finished, 4)
+
+
+class APIMatchTests(SimpleTestCase):
+    def test_matches_follow_the_urlconf(self) -> None:
+        scope = {"type": "http", "path": "/get"}
+        self.assertIsNotNone(asgi.api_match(scope))
+        with override_settings(ROOT_URLCONF="tests.test_loop_reads"):
+            self.assertIsNone(asgi.api_match(scope))
+        self.assertIsNotNone(asgi.api_match(scope))
+
+
+urlpatterns: list[Any] = []
