@@ -8,13 +8,14 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import connections, models, transaction
+from django.db import models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from blobstore.conf import require_installed
 from blobstore.storage.base import MAX_CONTENT_TYPE_LENGTH, MAX_KEY_LENGTH, OCTET_STREAM
+from blobstore.storage.statement import Statement
 
 require_installed()
 
@@ -144,37 +145,35 @@ class APITokenManager(models.Manager["APIToken"]):
         token = self.create(user=user, name=name, digest=_digest(secret), hint=secret[:12])
         return token, secret
 
-    def active_user(self, secret: str) -> Any | None:
+    async def aactive_user(self, secret: str) -> Any | None:
         """Return the active user of the unrevoked token whose secret this is, or None."""
         user_model = get_user_model()
-        query = user_model._default_manager.db_manager(self.db).raw(
-            self._user_sql(user_model), [_digest(secret)]
-        )
-        user = next(iter(query), None)
+        statement, fields = self._user_statement(user_model)
+        rows = await statement.read([_digest(secret)])
+        if not rows:
+            return None
+        user = user_model.from_db(self.db, fields, rows[0])
         # As Django's ModelBackend: a user model without is_active has only active users.
-        return user if user is not None and getattr(user, "is_active", True) else None
+        return user if getattr(user, "is_active", True) else None
 
-    def _user_sql(self, user_model: type[models.Model]) -> str:
-        """Return the SQL that selects a token's user by its digest, made once per database."""
-        # Written once rather than compiled from a queryset on every request:
-        # the lookup runs for each request that sends a token.
+    def _user_statement(self, user_model: type[models.Model]) -> tuple[Statement, list[str]]:
+        """Return the statement that selects a token's user by its digest, and its fields."""
+        # Compiled once per database rather than on every request that sends a token.
         cache_key = (self.db, user_model._meta.label)
-        sql = _USER_SQL.get(cache_key)
-        if sql is None:
-            quote = connections[self.db].ops.quote_name
-            token, user = self.model._meta, user_model._meta
-            column = {field.name: quote(str(field.column)) for field in token.concrete_fields}
-            assert user.pk is not None  # a concrete model always has one
-            sql = _USER_SQL[cache_key] = (
-                f"SELECT u.* FROM {quote(user.db_table)} u "
-                f"INNER JOIN {quote(token.db_table)} t ON t.{column['user']} = "
-                f"u.{quote(str(user.pk.column))} "
-                f"WHERE t.{column['digest']} = %s AND t.{column['revoked']} IS NULL"
+        compiled = _USER_STATEMENTS.get(cache_key)
+        if compiled is None:
+            fields = [field.attname for field in user_model._meta.concrete_fields]
+            tokens = self.model._meta.get_field("user").related_query_name()
+            query = user_model._default_manager.db_manager(self.db).filter(
+                **{f"{tokens}__digest": _DIGEST_MARK, f"{tokens}__revoked": None}
             )
-        return sql
+            statement = Statement(query.values_list(*fields), [_DIGEST_MARK])
+            compiled = _USER_STATEMENTS[cache_key] = (statement, fields)
+        return compiled
 
 
-_USER_SQL: dict[tuple[str, str], str] = {}
+_DIGEST_MARK = "\x00blobstore digest\x00"
+_USER_STATEMENTS: dict[tuple[str, str], tuple[Statement, list[str]]] = {}
 
 
 class APIToken(models.Model):

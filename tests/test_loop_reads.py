@@ -16,14 +16,17 @@ from unittest import mock
 
 import httpx
 from asgiref.sync import async_to_sync, sync_to_async
+from django.contrib.auth.models import User
 from django.core.signals import request_finished
 from django.db import close_old_connections, connections, transaction
 from django.test import SimpleTestCase, TestCase, TransactionTestCase, override_settings
+from django.utils import timezone
 
 from blobstore.api import asgi
 from blobstore.asgi import get_asgi_application
+from blobstore.models import APIToken
 from blobstore.storage import ORMStorage, SQLiteStorage, storages
-from blobstore.storage.wal import LoopReader, for_sync_caller
+from blobstore.storage.loop import LoopReader, for_sync_caller, loop_reader, postgresql_reader
 
 
 def sqlite_file(directory: str, journal_mode: str) -> str:
@@ -93,19 +96,51 @@ class ORMStorageLoopReadTests(TransactionTestCase):
             async with stream:
                 seen.append(await stream.read())
             await storage.evict("k")
-            seen += [await storage.get("k"), await storage.stat("k")]
-            # The statements' thread keeps its connection open, which would keep
-            # the test database from being dropped.
-            await sync_to_async(connections.close_all)()
+            seen += [await storage.get("k"), await storage.stat("k"), await read_on_the_loop()]
+            await close_connections()
             return seen
 
-        self.assertEqual(asyncio.run(scenario()), [None, b"one", True, b"two", None, None])
-        opened = storage._loop_reader._local.__dict__.get("opened", {})
-        if connections["default"].vendor == "sqlite":
-            path = str(connections["default"].settings_dict["NAME"])
-            self.assertIsNotNone(opened.get(path), "the loop did not read the WAL file")
-        else:
-            self.assertEqual(opened, {})
+        self.assertEqual(asyncio.run(scenario()), [None, b"one", True, b"two", None, None, True])
+
+
+async def read_on_the_loop() -> bool:
+    """Return whether this event loop has read the default database on a connection of its own."""
+    settings = connections.settings["default"]
+    if settings["ENGINE"] == "django.db.backends.sqlite3":
+        return loop_reader._local.__dict__.get("opened", {}).get(str(settings["NAME"])) is not None
+    opened = postgresql_reader._opened.get(asyncio.get_running_loop(), {})
+    return any(task.done() and task.result() is not None for task in opened.values())
+
+
+async def close_connections() -> None:
+    """Close this loop's connections and the statements' thread's, so the database can go."""
+    await postgresql_reader.close()
+    await sync_to_async(connections.close_all)()
+
+
+class TokenLoopReadTests(TransactionTestCase):
+    databases = {"default"}
+
+    def test_a_token_is_looked_up_on_a_servers_loop_and_revocation_is_seen_at_once(self) -> None:
+        user = User.objects.create_user("reader", password="pw")
+        token, secret = APIToken.objects.create_token(user)
+
+        async def holder() -> Any:
+            found = await APIToken.objects.aactive_user(secret)
+            self.assertTrue(await read_on_the_loop())
+            await close_connections()
+            return found
+
+        found = asyncio.run(holder())
+        self.assertEqual((found.pk, found.username, found.is_active), (user.pk, "reader", True))
+        self.assertEqual(found.date_joined, user.date_joined)
+        user.is_active = False
+        user.save()
+        self.assertIsNone(asyncio.run(holder()))
+        user.is_active = True
+        user.save()
+        APIToken.objects.filter(pk=token.pk).update(revoked=timezone.now())
+        self.assertIsNone(asyncio.run(holder()))
 
 
 class ORMStorageCallerTransactionTests(TestCase):
@@ -134,7 +169,7 @@ class SQLiteStorageLoopReadTests(SimpleTestCase):
             return seen
 
         self.assertEqual(asyncio.run(scenario()), [None, b"one", True, None])
-        self.assertIsNotNone(reader._loop_reader._local.opened[str(path)])
+        self.assertIsNotNone(loop_reader._local.opened[str(path)])
 
 
 @override_settings(BLOBSTORE_STORAGES={"default": {"BACKEND": "blobstore.storage.DictStorage"}})

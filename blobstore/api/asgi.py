@@ -54,7 +54,7 @@ from django.utils.module_loading import import_string
 
 from blobstore.api.faults import classify, close_broken_connections, fault_response, log_fault
 from blobstore.conf import conf
-from blobstore.storage.wal import for_sync_caller
+from blobstore.storage.loop import for_sync_caller
 
 Scope = dict[str, Any]
 Message = Mapping[str, Any]

@@ -12,7 +12,6 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import aget_user
 from django.contrib.auth.models import AnonymousUser
@@ -77,7 +76,7 @@ async def _authenticate(request: HttpRequest) -> tuple[User, bool]:
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise AccessDenied(401, "The Authorization header must be 'Bearer <token>'.")
-    user = await sync_to_async(APIToken.objects.active_user)(secret.strip())
+    user = await APIToken.objects.aactive_user(secret.strip())
     if user is None:
         raise AccessDenied(
             401,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import re
 import sqlite3
 import threading
 import time
@@ -43,7 +42,14 @@ from blobstore.storage.chunked import (
     CommitGroup,
     Version,
 )
-from blobstore.storage.wal import LoopReader
+from blobstore.storage.loop import postgresql_reader
+from blobstore.storage.statement import (
+    Statement,
+    binary_postgresql,
+    cursor_for,
+    execute,
+    in_memory,
+)
 
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
@@ -74,8 +80,9 @@ T = TypeVar("T")
 class ORMStorage(ChunkedStorage):
     """Keep blobs in :class:`blobstore.models.Blob` rows on the database ``using`` names.
 
-    Connections belong to Django, which opens and closes them; ``close()``
-    has nothing of its own to release. SQLite and PostgreSQL are supported.
+    Connections belong to Django, which opens and closes them, but for the
+    ones that a server's event loop reads on (:mod:`blobstore.storage.loop`),
+    which ``close()`` closes. SQLite and PostgreSQL are supported.
     A write that finds the database locked by another writer (SQLite) or
     deadlocked (PostgreSQL) is tried again for up to ``timeout`` seconds;
     writes to one SQLite database take turns within the process, whatever
@@ -96,9 +103,8 @@ class ORMStorage(ChunkedStorage):
             raise ValueError(f"timeout must be a number of seconds, not {timeout!r}.")
         self.using = using
         self.timeout = float(timeout)
-        self._selects: dict[tuple[str, ...], _Statement] = {}
+        self._selects: dict[tuple[str, ...], Statement] = {}
         self._group = CommitGroup(self._upsert_group)
-        self._loop_reader = LoopReader()
 
     @property
     def blobs(self) -> QuerySet[Blob]:
@@ -151,6 +157,10 @@ class ORMStorage(ChunkedStorage):
         """Remove the blob stored under key, if there is one."""
         validate_key(key)
         await run_to_end(self._write(self._delete, key))
+
+    async def close(self) -> None:
+        """Close the connections this event loop has read on; the next read opens one again."""
+        await postgresql_reader.close()
 
     async def list_blobs(
         self, prefix: str = "", *, after: str = "", limit: int = DEFAULT_PAGE_SIZE
@@ -218,19 +228,15 @@ class ORMStorage(ChunkedStorage):
 
     async def _select(self, columns: tuple[str, ...], key: str) -> list[tuple[Any, ...]]:
         """Return the given columns of the live row of key, as a list of at most one row."""
-        statement = self._select_statement(columns)
-        rows = statement.run_on_loop(self._loop_reader, key=key, now=timezone.now())
-        if rows is None:
-            rows = await sync_to_async(statement.run)(key=key, now=timezone.now())
-        return rows
+        statement = self._selects.get(columns) or self._compile_select(columns)
+        return await statement.read([key, _db_time(timezone.now(), statement.connection)])
 
-    def _select_statement(self, columns: tuple[str, ...]) -> _Statement:
-        statement = self._selects.get(columns)
-        if statement is None:
-            query = self.blobs.filter(key=_KEY_MARK).filter(
-                Q(expires=None) | Q(expires__gt=_TIME_MARK)
-            )
-            statement = self._selects[columns] = _Statement(query.values_list(*(columns or ["pk"])))
+    def _compile_select(self, columns: tuple[str, ...]) -> Statement:
+        query = self.blobs.filter(key=_KEY_MARK).filter(Q(expires=None) | Q(expires__gt=_TIME_MARK))
+        marks = [_KEY_MARK, _db_time(_TIME_MARK, connections[self.using])]
+        statement = self._selects[columns] = Statement(
+            query.values_list(*(columns or ["pk"])), marks
+        )
         return statement
 
     def _upsert_many(self, rows: list[Version]) -> list[datetime.datetime | None]:
@@ -255,7 +261,7 @@ class ORMStorage(ChunkedStorage):
             f"RETURNING {table}.{_quoted(self.using, 'created')}"
         )
         connection = connections[self.using]
-        rows = _execute(connection, sql, list(values.values()))
+        rows = execute(connection, sql, list(values.values()))
         return _aware(connection, rows[0][0]) if rows else None
 
     def _commit_now(
@@ -299,7 +305,7 @@ class ORMStorage(ChunkedStorage):
             f"INSERT INTO {table} ({', '.join(values)}) VALUES ({_marks(values)}) "
             f"ON CONFLICT ({_quoted(self.using, 'key')}) DO NOTHING RETURNING 1"
         )
-        return bool(_execute(connections[self.using], sql, list(values.values())))
+        return bool(execute(connections[self.using], sql, list(values.values())))
 
     def _update(self, row: Version, *, created: datetime.datetime | None) -> None:
         """Replace the row of row.key; a new creation time too, if given."""
@@ -309,7 +315,7 @@ class ORMStorage(ChunkedStorage):
             replaced.append(_quoted(self.using, "created"))
         key = _quoted(self.using, "key")
         sql = f"UPDATE {table} SET {', '.join(f'{c} = %s' for c in replaced)} WHERE {key} = %s"
-        _execute(connections[self.using], sql, [*(values[c] for c in replaced), values[key]])
+        execute(connections[self.using], sql, [*(values[c] for c in replaced), values[key]])
 
     def _replaced(self, values: dict[str, Any]) -> list[str]:
         """Return the columns that a new version of a blob changes: all but key and created."""
@@ -339,7 +345,7 @@ class ORMStorage(ChunkedStorage):
         key_column, version_column = _quoted(self.using, "key"), _quoted(self.using, "version")
         with transaction.atomic(using=self.using):
             sql = f"DELETE FROM {table} WHERE {key_column} = %s RETURNING {version_column}"
-            rows = _execute(connection, sql, [key])
+            rows = execute(connection, sql, [key])
             if rows and rows[0][0] is not None:
                 self._delete_version(_uuid(rows[0][0]))
 
@@ -372,66 +378,6 @@ class ORMStorage(ChunkedStorage):
 
 _KEY_MARK = "\x00blobstore key\x00"
 _TIME_MARK = datetime.datetime(1111, 11, 11, 11, 11, 11, 111111, datetime.UTC)
-
-
-class _Statement:
-    """A query compiled once and run again with new values, as a prepared statement is.
-
-    Compiling a queryset costs more than running it on a key; this keeps the
-    SQL and Django's converters, and puts each call's key and time in the
-    places of the markers the query was built with.
-    """
-
-    def __init__(self, query: QuerySet[Any]) -> None:
-        from blobstore.models import Blob
-
-        self.using = str(query.db)
-        connection = connections[self.using]
-        compiler = query.query.get_compiler(self.using)
-        self.sql, params = compiler.as_sql()
-        self.params = list(params)
-        self.expires = Blob._meta.get_field("expires")
-        self.key_slot = self.params.index(_KEY_MARK)
-        self.time_slot = self.params.index(self.expires.get_db_prep_value(_TIME_MARK, connection))
-        self.compiler = compiler
-        self.converters = compiler.get_converters([column for column, _, _ in compiler.select])
-        # SQLite's own placeholders, as Django's SQLite cursor rewrites them.
-        self.qmark_sql = re.sub(r"(?<!%)%s", "?", self.sql).replace("%%", "%")
-
-    def run(self, *, key: str, now: datetime.datetime) -> list[tuple[Any, ...]]:
-        """Return the rows of the query for key, at the time now."""
-        connection = connections[self.using]
-        rows = _execute(connection, self.sql, self.parameters(key, now, connection))
-        if _binary_postgresql(connection):
-            # psycopg's binary results are Python values already (jsonb a dict).
-            return rows
-        return self.converted(rows)
-
-    def run_on_loop(
-        self, reader: LoopReader, *, key: str, now: datetime.datetime
-    ) -> list[tuple[Any, ...]] | None:
-        """Return the rows for key at the time now, read on the loop; None where it may not."""
-        connection = self.compiler.connection  # for Django's conversions, not for a query
-        if connection.vendor != "sqlite" or _in_memory(connection):
-            return None
-        path = str(connection.settings_dict["NAME"])
-        rows = reader.fetchall(path, self.qmark_sql, self.parameters(key, now, connection))
-        return None if rows is None else self.converted(rows)
-
-    def parameters(
-        self, key: str, now: datetime.datetime, connection: BaseDatabaseWrapper
-    ) -> list[Any]:
-        """Return the statement's parameters for key at the time now."""
-        params = list(self.params)
-        params[self.key_slot] = key
-        params[self.time_slot] = self.expires.get_db_prep_value(now, connection)
-        return params
-
-    def converted(self, rows: list[Any]) -> list[tuple[Any, ...]]:
-        """Return rows as Django's converters make them."""
-        if not rows:
-            return rows
-        return [tuple(row) for row in self.compiler.apply_converters(rows, self.converters)]
 
 
 class _ChunkReader:
@@ -477,7 +423,7 @@ class _ChunkReader:
         if connection.vendor == "postgresql" and self.session.private:
             # A server-side cursor lives in a transaction: one statement, one snapshot.
             connection.set_autocommit(False)
-        self.cursor = _cursor(connection, binary=_binary_postgresql(connection), streaming=True)
+        self.cursor = cursor_for(connection, binary=binary_postgresql(connection), streaming=True)
         with connection.wrap_database_errors:
             self.cursor.execute(*self._query())
 
@@ -533,7 +479,7 @@ class _ChunkSink:
         values = {"version": version, "index": index, "data": data, "created": timezone.now()}
         table, prepared = _prepared(BlobChunk, connection, values)
         sql = f"INSERT INTO {table} ({', '.join(prepared)}) VALUES ({_marks(prepared)})"
-        _execute(connection, sql, list(prepared.values()))
+        execute(connection, sql, list(prepared.values()))
 
 
 class _Session:
@@ -562,7 +508,7 @@ class _Session:
         if self.private and self.fast_commits and self.connection.vendor == "postgresql":
             # Chunks count only once the blob row names them, and that
             # commit waits for the WAL, chunks included: theirs need not.
-            await self.call(_execute, self.connection, "SET synchronous_commit = off", [])
+            await self.call(execute, self.connection, "SET synchronous_commit = off", [])
 
     async def call(self, function: Callable[..., Any], *args: Any) -> Any:
         """Return function(*args), run where the connection may be used, to its end."""
@@ -580,12 +526,12 @@ class _Session:
         # another user, who must get the usual durability back.
         if self.fast_commits and connection.vendor == "postgresql":
             with contextlib.suppress(DatabaseError):
-                _execute(connection, "RESET synchronous_commit", [])
+                execute(connection, "RESET synchronous_commit", [])
         connection.close()
 
     def _choose(self) -> None:
         shared = connections[self.using]
-        self.private = not (shared.in_atomic_block or _in_memory(shared))
+        self.private = not (shared.in_atomic_block or in_memory(shared))
         if self.private:
             self._connection = connections.create_connection(self.using)
             self._connection.inc_thread_sharing()  # used from the thread pool, a call at a time
@@ -644,6 +590,13 @@ def _busy(error: DatabaseError) -> bool:
     return getattr(cause, "sqlstate", None) in _RETRIED_SQLSTATES
 
 
+def _db_time(moment: datetime.datetime, connection: BaseDatabaseWrapper) -> Any:
+    """Return moment as connection's database takes it in the expires column."""
+    from blobstore.models import Blob
+
+    return Blob._meta.get_field("expires").get_db_prep_value(moment, connection)
+
+
 def _aware(connection: BaseDatabaseWrapper, value: datetime.datetime | str) -> datetime.datetime:
     """Return a DateTimeField's value as the database gave it, as an aware datetime."""
     if isinstance(value, str):  # SQLite keeps ISO text
@@ -681,48 +634,3 @@ def _prepared(
 
 def _marks(columns: Sized) -> str:
     return ", ".join(["%s"] * len(columns))
-
-
-def _in_memory(connection: BaseDatabaseWrapper) -> bool:
-    return connection.vendor == "sqlite" and bool(connection.is_in_memory_db())  # type: ignore[attr-defined]
-
-
-def _binary_postgresql(connection: BaseDatabaseWrapper) -> bool:
-    """Return whether connection is psycopg 3 on PostgreSQL, which can move bytes as bytes."""
-    connection.ensure_connection()
-    return (
-        connection.vendor == "postgresql"
-        and type(connection.connection).__module__.startswith("psycopg")
-        and hasattr(connection.connection, "pgconn")
-    )
-
-
-def _cursor(connection: BaseDatabaseWrapper, *, binary: bool, streaming: bool = False) -> Any:
-    """Return a cursor that moves bytes as bytes and keeps no copy of them.
-
-    Django's own cursors would, with DEBUG on, keep every statement with
-    its parameters (whole chunks) in the connection's query log; on
-    PostgreSQL they bind parameters on the client, where bytes become text.
-    binary is what :func:`_binary_postgresql`, which also opens the
-    connection, said of it.
-    """
-    if binary:
-        raw = connection.connection
-        if streaming:
-            return raw.cursor(name=f"blobstore_{uuid.uuid4().hex}", binary=True)
-        import psycopg
-
-        return psycopg.Cursor(raw)
-    return connection.create_cursor(name=f"blobstore_{uuid.uuid4().hex}" if streaming else None)
-
-
-def _execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> list[Any]:
-    """Run one statement in the connection's current transaction; return its rows, if any."""
-    binary = _binary_postgresql(connection)
-    cursor = _cursor(connection, binary=binary)
-    with connection.wrap_database_errors:
-        try:
-            cursor.execute(sql, params, **({"binary": True} if binary else {}))
-            return list(cursor.fetchall()) if cursor.description else []
-        finally:
-            cursor.close()

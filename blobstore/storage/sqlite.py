@@ -34,7 +34,7 @@ from blobstore.storage.base import (
     validate_listing,
 )
 from blobstore.storage.chunked import ChunkedStorage, ChunkSink, ChunkSource, Version
-from blobstore.storage.wal import LoopReader
+from blobstore.storage.loop import loop_reader
 
 MEMORY = ":memory:"
 
@@ -134,7 +134,6 @@ class SQLiteStorage(ChunkedStorage):
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         self._opening = asyncio.Lock()
-        self._loop_reader = LoopReader()
 
     async def db(self) -> aiosqlite.Connection:
         """Return the database connection, opening it on first use."""
@@ -339,7 +338,7 @@ class SQLiteStorage(ChunkedStorage):
         """Return the rows of a read: on the loop's thread where it may, else as _fetchall."""
         db = await self.db()
         if self.database_path != MEMORY:
-            rows = self._loop_reader.fetchall(self.database_path, sql, params)
+            rows = loop_reader.fetchall(self.database_path, sql, params)
             if rows is not None:
                 return rows
         return list(await db.execute_fetchall(sql, params))

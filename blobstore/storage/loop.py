@@ -1,0 +1,179 @@
+"""Reads of committed rows on the event loop, with no hop to a connection's thread.
+
+A read of one row by its key takes the database microseconds; a hop to the
+thread that owns a connection (Django's, aiosqlite's) and back costs the
+event loop far more, and under load that thread waits for the loop's GIL
+besides. So a server's reads run on the loop itself:
+
+- SQLite in WAL mode, where a reader never waits for a writer: on a
+  read-only connection of the loop's thread (:class:`LoopReader`), called
+  synchronously;
+- PostgreSQL with psycopg 3: on an async connection of the loop's own
+  (:class:`PostgreSQLLoopReader`), in autocommit.
+
+Either sees committed rows only, so it is used only where nothing else could
+be seen: not from code that ``async_to_sync`` runs for a synchronous caller,
+whose thread's connection may be inside a transaction (a ``TestCase``,
+``transaction.atomic()``), and whose event loop lives for one call only.
+Where a reader may not read, or meets any error, it answers None and the
+caller reads through Django's connection as before (which reports the error).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+import sqlite3
+import threading
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from asgiref.sync import AsyncToSync
+
+if TYPE_CHECKING:
+    import psycopg
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+
+def for_sync_caller() -> bool:
+    """Return whether this code runs under async_to_sync, for a synchronous caller."""
+    return getattr(AsyncToSync.executors, "current", None) is not None
+
+
+class LoopReader:
+    """A read-only connection per thread to SQLite files in WAL mode."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def fetchall(self, path: str, sql: str, params: Sequence[Any]) -> list[Any] | None:
+        """Return the rows of sql on the file at path, or None where the loop may not read."""
+        if for_sync_caller():
+            return None
+        reader = self._reader(path)
+        if reader is None:
+            return None
+        try:
+            return reader.execute(sql, params).fetchall()
+        except sqlite3.Error:
+            return None
+
+    def _reader(self, path: str) -> sqlite3.Connection | None:
+        opened: dict[str, sqlite3.Connection | None] = self._local.__dict__.setdefault("opened", {})
+        if path not in opened:
+            opened[path] = _open_wal(path)
+        return opened[path]
+
+
+def _open_wal(path: str) -> sqlite3.Connection | None:
+    """Return a read-only connection to the file at path, or None unless it is in WAL mode."""
+    try:
+        uri = f"{pathlib.Path(path).absolute().as_uri()}?mode=rw"  # never a new, empty file
+        # A short busy timeout: WAL readers wait only while a file is being recovered.
+        reader = sqlite3.connect(uri, uri=True, timeout=0.1, isolation_level=None)
+        (mode,) = reader.execute("PRAGMA journal_mode").fetchone()
+        reader.execute("PRAGMA query_only = ON")
+    except sqlite3.Error:
+        return None
+    if str(mode).lower() != "wal":
+        # Without WAL a reader waits for writers: on the loop it would stall every request.
+        reader.close()
+        return None
+    return reader
+
+
+class PostgreSQLLoopReader:
+    """An async psycopg connection per event loop and database, opened on first use."""
+
+    def __init__(self) -> None:
+        self._opened: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[tuple[Any, ...], asyncio.Task[Any]]
+        ] = weakref.WeakKeyDictionary()
+
+    async def fetchall(
+        self, wrapper: BaseDatabaseWrapper, sql: str, params: Sequence[Any]
+    ) -> list[Any] | None:
+        """Return the rows of sql, in binary, or None where the loop may not read."""
+        if for_sync_caller():
+            return None
+        # Imported here: run_to_end's module imports this one.
+        from blobstore.storage.base import run_to_end
+
+        opening = self._opening(wrapper)
+        # Shared by the requests that come while it opens; a cancelled one leaves it opening.
+        connection = await run_to_end(opening)
+        if connection is None:
+            await self._forget(wrapper, opening)  # the next read tries again
+            return None
+        try:
+            # To its end even if the caller is cancelled: the connection is shared.
+            return await run_to_end(_fetchall(connection, sql, params))
+        except Exception:
+            await self._forget(wrapper, opening)
+            return None
+
+    async def close(self) -> None:
+        """Close this event loop's connections."""
+        opened = self._opened.pop(asyncio.get_running_loop(), {})
+        for opening in opened.values():
+            await _close(opening)
+
+    def _opening(self, wrapper: BaseDatabaseWrapper) -> asyncio.Task[Any]:
+        opened = self._opened.setdefault(asyncio.get_running_loop(), {})
+        key = _identity(wrapper)
+        if key not in opened:
+            opened[key] = asyncio.ensure_future(_connect(wrapper))
+        return opened[key]
+
+    async def _forget(self, wrapper: BaseDatabaseWrapper, opening: asyncio.Task[Any]) -> None:
+        opened = self._opened.get(asyncio.get_running_loop(), {})
+        if opened.get(_identity(wrapper)) is opening:
+            del opened[_identity(wrapper)]
+        await _close(opening)
+
+
+def _identity(wrapper: BaseDatabaseWrapper) -> tuple[Any, ...]:
+    settings = wrapper.settings_dict
+    return (settings["HOST"], settings["PORT"], settings["NAME"], settings["USER"])
+
+
+async def _connect(wrapper: BaseDatabaseWrapper) -> psycopg.AsyncConnection[Any] | None:
+    """Return an async connection as Django would open wrapper's, or None if none opens."""
+    import psycopg
+
+    params = wrapper.get_connection_params()
+    params.pop("cursor_factory", None)  # Django's is a synchronous cursor
+    try:
+        connection = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+        # Datetimes in the zone that Django's connection gives them.
+        await connection.execute(
+            "SELECT set_config('TimeZone', %s, false)",
+            [wrapper.timezone_name],
+        )
+    except psycopg.Error:
+        return None
+    return connection
+
+
+async def _fetchall(
+    connection: psycopg.AsyncConnection[Any], sql: str, params: Sequence[Any]
+) -> list[Any]:
+    async with connection.cursor(binary=True) as cursor:
+        await cursor.execute(sql, params, binary=True)
+        return await cursor.fetchall() if cursor.description else []
+
+
+async def _close(opening: asyncio.Task[Any]) -> None:
+    with contextlib.suppress(Exception):
+        connection = await opening
+        if connection is not None:
+            await connection.close()
+
+
+loop_reader = LoopReader()
+"""The process's SQLite reader: each thread's connections, one per file."""
+
+postgresql_reader = PostgreSQLLoopReader()
+"""The process's PostgreSQL reader: each event loop's connections, one per database."""
