@@ -91,7 +91,12 @@ def in_memory(connection: BaseDatabaseWrapper) -> bool:
 
 
 def binary_postgresql(connection: BaseDatabaseWrapper) -> bool:
-    """Return whether connection is psycopg 3 on PostgreSQL, which can move bytes as bytes."""
+    """Return whether connection is psycopg 3 on PostgreSQL, which can move bytes as bytes.
+
+    Opens the connection as Django's own cursors do: after the health check
+    (``CONN_HEALTH_CHECKS``) of a connection kept from an earlier request.
+    """
+    connection.close_if_health_check_failed()
     connection.ensure_connection()
     return (
         connection.vendor == "postgresql"
