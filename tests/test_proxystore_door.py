@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 from asgiref.sync import async_to_sync
+from django.core.asgi import get_asgi_application as django_asgi_application
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
 from django.test import SimpleTestCase, override_settings
@@ -20,6 +21,7 @@ from blobstore.contrib.proxystore import endpoint_uuid
 from blobstore.contrib.proxystore.checks import check_proxystore
 from blobstore.storage import DictStorage, storages
 from tests.browser import launch_chromium
+from tests.hostsite import settings as hostsite
 from tests.live import LiveSite
 
 STORAGES = {
@@ -57,11 +59,12 @@ class DoorTests(SimpleTestCase):
             signal.disconnect(close_old_connections)
             self.addCleanup(signal.connect, close_old_connections)
 
+    def application(self) -> Any:
+        """Return the site's ASGI application: blobstore's, with the API on the short path."""
+        return get_asgi_application()
+
     def http(self, host: str = "localhost", **headers: str) -> httpx.AsyncClient:
-        transport = httpx.ASGITransport(
-            app=get_asgi_application(),  # type: ignore[arg-type]  # httpx wants MutableMapping
-            client=("127.0.0.1", 1),
-        )
+        transport = httpx.ASGITransport(app=self.application(), client=("127.0.0.1", 1))
         return httpx.AsyncClient(transport=transport, base_url=f"http://{host}", headers=headers)
 
     async def assert_every_route_refused(self, status: int, http: httpx.AsyncClient) -> None:
@@ -166,6 +169,32 @@ window.done = Promise.allSettled([
   fetch("{site}/evict?key=victim", {{method: "POST", mode: "no-cors"}}),
 ]);
 </script>"""
+
+
+@override_settings(MIDDLEWARE=[])
+class DjangoHandlerDoorTests(DoorTests):
+    """The same door through Django's own handler, with no middleware to check the host first."""
+
+    def application(self) -> Any:
+        return django_asgi_application()
+
+
+@override_settings(MIDDLEWARE=hostsite.MIDDLEWARE, ALLOWED_HOSTS=hostsite.ALLOWED_HOSTS)
+class HostSiteDoorTests(DoorTests):
+    """The same door in a new project's site: Django's own handler and startproject's middleware."""
+
+    def application(self) -> Any:
+        return django_asgi_application()
+
+    async def test_a_host_outside_allowed_hosts_is_400(self) -> None:
+        # CommonMiddleware refuses it before the door, with Django's own 400 page.
+        before = blobs()
+        async with self.http("rebind.example") as http:
+            for method, path, body in ROUTES:
+                with self.subTest(method=method, path=path):
+                    response = await http.request(method, path, content=body)
+                    self.assertEqual(response.status_code, 400)
+        self.assertEqual(blobs(), before)
 
 
 class BrowserTests(SimpleTestCase):
