@@ -27,6 +27,7 @@ from blobstore.asgi import get_asgi_application
 from blobstore.models import APIToken
 from blobstore.storage import ORMStorage, SQLiteStorage, storages
 from blobstore.storage.loop import LoopReader, for_sync_caller, loop_reader, postgresql_reader
+from tests.test_cancellation import drive
 
 
 def sqlite_file(directory: str, journal_mode: str) -> str:
@@ -101,6 +102,27 @@ class ORMStorageLoopReadTests(TransactionTestCase):
             return seen
 
         self.assertEqual(asyncio.run(scenario()), [None, b"one", True, b"two", None, None, True])
+
+    def test_a_read_cancelled_at_each_await_leaves_the_loops_connection_usable(self) -> None:
+        storage = ORMStorage()
+
+        async def scenario() -> tuple[int, list[Any]]:
+            await storage.set("k", b"one")
+            _, suspensions = await drive(storage.get("k"), None)
+            after = []
+            for step in range(1, suspensions + 1):
+                cancelled, reached = await drive(storage.get("k"), step)
+                # As in test_cancellation: work that ends early may save a suspension.
+                after.append((cancelled or reached < step, await storage.get("k")))
+            await close_connections()
+            return suspensions, after
+
+        suspensions, after = asyncio.run(scenario())
+        if connections["default"].vendor == "sqlite":
+            self.assertEqual(suspensions, 0, "a read on SQLite's loop connection never waits")
+        else:
+            self.assertGreater(suspensions, 0)
+        self.assertEqual(after, [(True, b"one")] * suspensions)
 
 
 async def read_on_the_loop() -> bool:
