@@ -336,12 +336,12 @@ class SQLiteStorage(ChunkedStorage):
 
     async def _read(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         """Return the rows of a read: on the loop's thread where it may, else as _fetchall."""
-        db = await self.db()
         if self.database_path != MEMORY:
+            await self.db()  # the file exists, in WAL mode, with its tables
             rows = loop_reader.fetchall(self.database_path, sql, params)
             if rows is not None:
                 return rows
-        return list(await db.execute_fetchall(sql, params))
+        return await self._fetchall(sql, params)
 
     async def _fetchall(self, sql: str, params: tuple[object, ...]) -> list[sqlite3.Row]:
         # One hop to aiosqlite's thread, where execute + fetchone + close take three.
