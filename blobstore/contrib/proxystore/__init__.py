@@ -53,7 +53,7 @@ def endpoint_uuid() -> uuid.UUID:
     return named
 
 
-def allowed_networks() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+def allowed_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     """Return the networks whose clients may use the endpoint routes."""
     clients: Sequence[str] = _setting().get("ALLOWED_CLIENTS", DEFAULT_ALLOWED_CLIENTS)
     try:
@@ -92,9 +92,11 @@ def storage_alias() -> str:
 
 
 @functools.lru_cache(maxsize=8)
-def _networks(clients: tuple[str, ...]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    # Parsed once per value of the setting, not on every request.
-    return [ipaddress.ip_network(client, strict=False) for client in clients]
+def _networks(
+    clients: tuple[str, ...],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    # Parsed once per value of the setting, not on every request; a tuple, since it is shared.
+    return tuple(ipaddress.ip_network(client, strict=False) for client in clients)
 
 
 def _setting() -> dict[str, Any]:

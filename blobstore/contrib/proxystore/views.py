@@ -177,7 +177,7 @@ def _refusal(request: HttpRequest) -> HttpResponseBase | None:
 
 
 def _client_allowed(address: str) -> bool:
-    return _in_networks(address, tuple(allowed_networks()))
+    return _in_networks(address, allowed_networks())
 
 
 @functools.lru_cache(maxsize=256)
