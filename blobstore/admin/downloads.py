@@ -15,7 +15,6 @@ from django.utils.http import content_disposition_header
 
 from blobstore.admin.previews import image_type
 from blobstore.api.responses import (
-    OCTET_STREAM,
     SAFE_HEADERS,
     closing_chunks,
     download_name,
@@ -23,7 +22,7 @@ from blobstore.api.responses import (
 )
 from blobstore.models import Blob
 from blobstore.storage import BlobInfo, BlobStream, ORMStorage, storages
-from blobstore.storage.base import STREAM_CHUNK_SIZE
+from blobstore.storage.base import OCTET_STREAM, STREAM_CHUNK_SIZE
 
 # An image opened on its own is still a document: it may show itself, nothing more.
 _IMAGE_CSP = "default-src 'none'; img-src 'self'; sandbox"

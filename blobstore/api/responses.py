@@ -27,7 +27,6 @@ from blobstore.storage.base import BlobInfo, BlobStream, validate_key
 READ_CHUNK_SIZE = 1024 * 1024
 INLINE_RESPONSE_SIZE = 1024 * 1024
 """Blobs up to this size are read whole before the response starts; larger ones stream."""
-OCTET_STREAM = "application/octet-stream"
 
 LARGE_BODY = 1024 * 1024
 """A body larger than this, or of unknown length, holds an upload slot while it is written."""
