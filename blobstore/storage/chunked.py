@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import logging
 import uuid
 import weakref
@@ -132,7 +133,7 @@ class ChunkedStorage(BaseStorage):
         upload = Upload(chunks, self.max_object_size)
         pieces = upload.pieces(self.chunk_size)
         head = await anext(pieces)
-        rows = _ChunkWriter(self, uuid.uuid4())
+        rows = _ChunkWriter(self)
         try:
             async for piece in pieces:
                 await rows.add(piece)
@@ -263,12 +264,16 @@ class _ChunkWriter:
     only dropped once no insert of it is under way.
     """
 
-    def __init__(self, storage: ChunkedStorage, version: uuid.UUID) -> None:
+    def __init__(self, storage: ChunkedStorage) -> None:
         self.storage = storage
-        self.version = version
         self.count = 0
         self._sink: ChunkSink | None = None
         self._inserting: asyncio.Task[None] | None = None
+
+    @functools.cached_property
+    def version(self) -> uuid.UUID:
+        """Return the version's id, made when its first chunk is added: most blobs have none."""
+        return uuid.uuid4()
 
     @property
     def used(self) -> bool:

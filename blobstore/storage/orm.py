@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -48,6 +48,7 @@ from blobstore.storage.statement import (
     binary_postgresql,
     cursor_for,
     execute,
+    execute_many,
     in_memory,
 )
 
@@ -240,29 +241,31 @@ class ORMStorage(ChunkedStorage):
         return statement
 
     def _upsert_many(self, rows: list[Version]) -> list[datetime.datetime | None]:
-        """Upsert rows in one transaction; return the creation of each key, or None."""
-        with transaction.atomic(using=self.using):
-            return [self._upsert_unchunked(row) for row in rows]
+        """Upsert rows in one transaction; return the creation of each key, or None.
 
-    def _upsert_unchunked(self, row: Version) -> datetime.datetime | None:
-        """Insert or replace an unchunked live blob in one statement; return the key's creation.
-
-        None means that the blob there is chunked or expired, which this leaves as it is.
+        None means that the blob there is chunked or expired, which the upsert
+        leaves as it is. The statements go to PostgreSQL together, in one round trip.
         """
-        table, values = self._row_values(row)
+        connection = connections[self.using]
+        prepared = [self._row_values(row) for row in rows]
+        table, columns = prepared[0]
+        sql = self._upsert_sql(table, list(columns))
+        with transaction.atomic(using=self.using):
+            found = execute_many(connection, sql, [list(values.values()) for _, values in prepared])
+        return [_aware(connection, returned[0][0]) if returned else None for returned in found]
+
+    def _upsert_sql(self, table: str, values: list[str]) -> str:
+        """Return the statement that inserts, or replaces unchunked and live, a row of values."""
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self._replaced(values))
         version, expires = _quoted(self.using, "version"), _quoted(self.using, "expires")
         updated = _quoted(self.using, "updated")
-        sql = (
+        return (
             f"INSERT INTO {table} ({', '.join(values)}) VALUES ({_marks(values)}) "
             f"ON CONFLICT ({_quoted(self.using, 'key')}) DO UPDATE SET {updates} "
             f"WHERE {table}.{version} IS NULL AND "
             f"({table}.{expires} IS NULL OR {table}.{expires} > EXCLUDED.{updated}) "
             f"RETURNING {table}.{_quoted(self.using, 'created')}"
         )
-        connection = connections[self.using]
-        rows = execute(connection, sql, list(values.values()))
-        return _aware(connection, rows[0][0]) if rows else None
 
     def _commit_now(
         self, row: Version, if_absent: bool, if_sha256: str | None
@@ -317,7 +320,7 @@ class ORMStorage(ChunkedStorage):
         sql = f"UPDATE {table} SET {', '.join(f'{c} = %s' for c in replaced)} WHERE {key} = %s"
         execute(connections[self.using], sql, [*(values[c] for c in replaced), values[key]])
 
-    def _replaced(self, values: dict[str, Any]) -> list[str]:
+    def _replaced(self, values: Iterable[str]) -> list[str]:
         """Return the columns that a new version of a blob changes: all but key and created."""
         kept = {_quoted(self.using, "key"), _quoted(self.using, "created")}
         return [column for column in values if column not in kept]
