@@ -6,11 +6,13 @@ import asyncio
 import base64
 import hashlib
 import json
+import tempfile
 from collections.abc import Mapping
 from io import StringIO
 from typing import Any
 from urllib.parse import quote, unquote
 
+from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.contrib.messages import get_messages
 from django.core.management import CommandError, call_command
@@ -101,6 +103,32 @@ class BlobRouteTests(APITestCase):
         replaced = await self.put("doc.txt", b"bye")
         self.assertEqual(replaced.status_code, 200)
         self.assertEqual(await self.contents(), {"doc.txt": b"bye"})
+
+    async def test_of_clients_creating_one_key_at_once_one_hears_201(self) -> None:
+        with tempfile.TemporaryDirectory() as folder:
+            sqlite = {
+                "BACKEND": "blobstore.storage.SQLiteStorage",
+                "OPTIONS": {"database_path": f"{folder}/blobs.sqlite3"},
+            }
+            for name, backend in (
+                ("orm", None),
+                ("dict", DICT_STORAGE["default"]),
+                ("sqlite", sqlite),
+            ):
+                with (
+                    self.subTest(name),
+                    self.settings(
+                        BLOBSTORE_STORAGES={"default": backend}
+                        if backend
+                        else settings.BLOBSTORE_STORAGES
+                    ),
+                ):
+                    answers = await asyncio.gather(
+                        *(self.put(f"{name}/new", bytes([n]) * 100) for n in range(8))
+                    )
+                    statuses = sorted(response.status_code for response in answers)
+                    self.assertEqual(statuses, [200] * 7 + [201])
+                    await storages["default"].close()
 
     async def test_get_serves_bytes_that_cannot_run_as_a_page(self) -> None:
         await self.put("dir/page.html", b"<script>alert(1)</script>")
@@ -588,6 +616,38 @@ class SlowBodyTests(APITestCase):
         self.assertEqual(await BlobChunk.objects.acount(), 0)
 
     @override_settings(BLOBSTORE_BODY_TIMEOUT=0.3)
+    async def test_a_small_body_read_before_the_view_that_stalls_is_408(self) -> None:
+        await self.put("kept", b"old")
+        for method, path in (("PUT", "/blobs/kept"), ("POST", "/set?key=kept")):
+            with self.subTest(path):
+                status, headers, body = await asgi_call(
+                    method,
+                    path,
+                    [(b"content-length", b"1024"), *self.raw_auth()],
+                    [b"x" * 512],
+                    stall=True,
+                )
+                self.assertEqual(status, 408)
+                self.assertEqual(headers[b"connection"], b"close")
+                self.assertIn("too slowly", json.loads(body)["error"])
+        self.assertEqual(await self.contents(), {"kept": b"old"})
+
+    async def test_a_client_that_hangs_up_mid_body_is_not_answered(self) -> None:
+        await self.put("kept", b"old")
+        for length in (1024, 4 * 1024 * 1024):  # read before the view, and by the view
+            for method, path in (("PUT", "/blobs/kept"), ("POST", "/set?key=kept")):
+                with self.subTest(length=length, path=path):
+                    sent = await asgi_messages(
+                        method,
+                        path,
+                        [(b"content-length", str(length).encode()), *self.raw_auth()],
+                        [b"x" * 512],
+                        hang_up=True,
+                    )
+                    self.assertEqual(sent, [])
+        self.assertEqual(await self.contents(), {"kept": b"old"})
+
+    @override_settings(BLOBSTORE_BODY_TIMEOUT=0.3)
     async def test_a_slow_body_that_keeps_coming_is_stored(self) -> None:
         pieces = [b"z" * (96 * 1024)] * 8  # 96 KiB every 0.1 s: slow, but moving
         status, _, body = await asgi_call(
@@ -615,6 +675,26 @@ async def asgi_call(
     The body is chunks, delay seconds apart; with stall, the client then
     sends nothing more. Unlike the test client, headers go as they are given.
     """
+    sent = await asgi_messages(method, path, headers, chunks, stall=stall, delay=delay)
+    start = sent[0]
+    answered = {name.lower(): value for name, value in start["headers"]}
+    return start["status"], answered, b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def asgi_messages(
+    method: str,
+    path: str,
+    headers: list[tuple[bytes, bytes]],
+    chunks: list[bytes],
+    *,
+    stall: bool = False,
+    hang_up: bool = False,
+    delay: float = 0.0,
+) -> list[dict[str, Any]]:
+    """Send a request as asgi_call() does; return the messages sent back.
+
+    With hang_up, the client goes away after the chunks.
+    """
     raw_path, _, query = path.partition("?")
     scope = {
         "type": "http",
@@ -631,7 +711,9 @@ async def asgi_call(
         "server": ("testserver", 80),
     }
     pending = [{"type": "http.request", "body": c, "more_body": True} for c in chunks]
-    if not stall:
+    if hang_up:
+        pending.append({"type": "http.disconnect"})
+    elif not stall:
         pending.append({"type": "http.request", "body": b"", "more_body": False})
 
     async def receive() -> dict[str, Any]:
@@ -654,6 +736,4 @@ async def asgi_call(
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
-    start = sent[0]
-    answered = {name.lower(): value for name, value in start["headers"]}
-    return start["status"], answered, b"".join(m.get("body", b"") for m in sent[1:])
+    return sent

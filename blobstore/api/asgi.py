@@ -16,9 +16,11 @@ ways only:
   ``MiddlewareMixin`` middleware; the async middleware that
   ``BLOBSTORE_API_MIDDLEWARE`` lists run instead. ``ALLOWED_HOSTS`` still holds
   (``request.get_host()``; another ``Host`` is answered 400 in JSON).
-- its body is not gathered first: the view reads it from the connection as it
-  arrives, so that a body over the storage's limit is refused as soon as it is
-  over, and one that stops arriving ends with 408 (``BLOBSTORE_BODY_TIMEOUT``).
+- a body larger than ``BODY_PROGRESS`` (64 KiB), or of unknown length, is not
+  gathered first: the view reads it from the connection as it arrives, so that
+  a body over the storage's limit is refused as soon as it is over. A smaller
+  one is read whole before the view runs, as Django reads every body. Either
+  way, a body that stops arriving ends with 408 (``BLOBSTORE_BODY_TIMEOUT``).
 - ``request_started`` is not sent: its receivers are synchronous, a thread hop
   before the view could start.
 - it runs outside Django's per-request ``ThreadSensitiveContext``, so the
@@ -53,6 +55,7 @@ from django.urls import Resolver404, ResolverMatch, URLResolver, get_resolver, s
 from django.utils.module_loading import import_string
 
 from blobstore.api.faults import classify, close_broken_connections, fault_response, log_fault
+from blobstore.api.responses import BODY_PROGRESS, RECEIVE_KEY, body_too_slow, error
 from blobstore.conf import conf
 from blobstore.storage.loop import for_sync_caller
 
@@ -62,8 +65,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 AsyncGetResponse = Callable[[HttpRequest], Awaitable[HttpResponseBase]]
 
-RECEIVE_KEY = "blobstore.receive"
-"""The scope key under which an API view finds the request body's messages."""
 MATCH_KEY = "blobstore.match"
 """The scope key that marks an API request, and holds its URL's match."""
 
@@ -138,24 +139,37 @@ class ASGIHandler(DjangoASGIHandler):
     ) -> None:
         """Serve an API request as handle() does, but for the body and request_started.
 
-        The view reads the body through the BodyChannel. request_finished,
-        sent when the response is closed, closes stale database connections.
+        request_finished, sent when the response is closed, closes stale
+        database connections.
         """
-        channel = BodyChannel(receive)
         set_script_prefix(get_script_prefix(scope))
-        api_scope = {**scope, MATCH_KEY: match, RECEIVE_KEY: channel.receive_body}
-        request, refusal = self.create_request(api_scope, io.BytesIO())
+        api_scope = {**scope, MATCH_KEY: match}
+        if _small_body(scope):
+            try:
+                body_file = await self.read_small_body(receive)
+            except RequestAborted:
+                return  # as Django's handle(): the client left before its body was whole
+            except TimeoutError:
+                too_slow = body_too_slow()
+                await self.answer_early(error(408, too_slow.message, too_slow.headers), send)
+                return
+            listened: Receive = receive
+        else:
+            # The view reads the body through the channel, as it arrives.
+            channel = BodyChannel(receive)
+            api_scope[RECEIVE_KEY] = channel.receive_body
+            body_file, listened = io.BytesIO(), channel
+        request, refusal = self.create_request(api_scope, body_file)
         if request is None:
             assert refusal is not None  # create_request gives one or the other
-            await self.send_response(refusal, send)
-            await sync_to_async(refusal.close)()
+            await self.answer_early(refusal, send)
             return
         response = None
         try:
             try:
                 # As Django's handle(): a client that hangs up cancels the view.
                 async with asyncio.TaskGroup() as group:
-                    group.create_task(self.listen_for_disconnect(channel))
+                    group.create_task(self.listen_for_disconnect(listened))
                     response = await self.run_get_response(request)
                     await self.send_response(response, send)
                     raise _Answered
@@ -169,6 +183,31 @@ class ASGIHandler(DjangoASGIHandler):
             await signals.request_finished.asend(sender=self.__class__)
         else:
             await self.closer.close(response)
+
+    @staticmethod
+    async def read_small_body(receive: Receive) -> io.BytesIO:
+        """Return a body of at most BODY_PROGRESS bytes, read whole.
+
+        Raise RequestAborted if the client hangs up first, and TimeoutError if
+        the body does not arrive within BLOBSTORE_BODY_TIMEOUT: as when a view
+        reads a body, less than BODY_PROGRESS bytes in that time is too slow.
+        """
+        body = io.BytesIO()
+        async with asyncio.timeout(conf.BLOBSTORE_BODY_TIMEOUT):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise RequestAborted
+                body.write(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        body.seek(0)
+        return body
+
+    async def answer_early(self, response: HttpResponseBase, send: Send) -> None:
+        """Send response to a request that reaches no view, and close it."""
+        await self.send_response(response, send)
+        await sync_to_async(response.close)()
 
     async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
         """Return the response, through the API's middleware for an API request."""
@@ -303,9 +342,6 @@ class APIResponseHandler(BaseHandler):
         async def host_checked(request: HttpRequest) -> HttpResponseBase:
             # What CommonMiddleware would do first: a Host outside ALLOWED_HOSTS
             # (DNS rebinding, a stray virtual host) reaches no view.
-            # blobstore.api.responses imports this module: its helper is imported when needed.
-            from blobstore.api.responses import error
-
             try:
                 request.get_host()
             except DisallowedHost as refused:
@@ -340,6 +376,22 @@ class APIResponseHandler(BaseHandler):
                 raise
             return fault
         return response
+
+
+def _small_body(scope: Scope) -> bool:
+    """Return whether the request's body is known to be at most BODY_PROGRESS bytes."""
+    length = transfer_encoding = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            length = value
+        elif name == b"transfer-encoding":
+            transfer_encoding = value
+    if transfer_encoding is not None:
+        return False
+    if length is None:
+        # HTTP/1's framing: no length and no transfer coding means no body.
+        return scope.get("http_version") in {"1.0", "1.1"}
+    return length.isdigit() and len(length) <= 6 and int(length) <= BODY_PROGRESS
 
 
 def on_short_path(request: HttpRequest) -> bool:

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -17,7 +18,6 @@ from django.http.response import HttpResponseBase
 from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import content_disposition_header, http_date
 
-from blobstore.api.asgi import RECEIVE_KEY
 from blobstore.api.faults import UNREACHABLE_RETRY_AFTER, fault_response
 from blobstore.conf import conf
 from blobstore.exceptions import ObjectSizeExceededError, size_limit_advice
@@ -36,6 +36,8 @@ BODY_PROGRESS = 64 * 1024
 """Bytes a body must bring every BLOBSTORE_BODY_TIMEOUT seconds, or it is ended with 408."""
 MAX_CONTENT_LENGTH = 2**63
 """No body is this long: a larger Content-Length is refused without being converted."""
+RECEIVE_KEY = "blobstore.receive"
+"""The scope key under which an API view finds the request body's messages, as they arrive."""
 
 logger = logging.getLogger("blobstore.http")
 
@@ -119,45 +121,64 @@ async def _answer(
         return response
 
 
-@contextlib.asynccontextmanager
-async def request_body(
-    request: HttpRequest, limit: int | None, alias: str
-) -> AsyncIterator[AsyncIterator[bytes]]:
-    """Yield the request body as an async iterator of chunks, read as it arrives.
+def request_body(request: HttpRequest, limit: int | None, alias: str) -> RequestBody:
+    """Return the request body, to be read in an ``async with`` block as it arrives.
 
     A ``Content-Length`` over limit, the ``max_object_size`` of the storage
     alias, is refused with 413 at once, before any of the body is read; a
-    longer body is the storage's to refuse (``ObjectSizeExceededError``,
-    which :func:`storage_errors` turns into 413).
+    longer body is the storage's to refuse: its ``ObjectSizeExceededError``
+    in the block becomes 413 too.
     A body larger than :data:`LARGE_BODY`, or of unknown length, holds one of
     the process's ``BLOBSTORE_MAX_UPLOADS`` slots until the block ends.
     """
-    length = request.headers.get("Content-Length")
-    declared = None
-    if length is not None:
+    return RequestBody(request, limit, alias)
+
+
+class RequestBody:
+    """The body of a request to store: an async context whose value iterates its chunks."""
+
+    def __init__(self, request: HttpRequest, limit: int | None, alias: str) -> None:
+        self.request = request
+        self.limit = limit
+        self.alias = alias
+        self._slot: contextlib.AbstractAsyncContextManager[None] | None = None
+
+    async def __aenter__(self) -> AsyncIterator[bytes]:
+        declared = self.declared_length()
+        if declared is None or declared > LARGE_BODY:
+            slot = _upload_slot()
+            await slot.__aenter__()
+            self._slot = slot
+        return _body_chunks(self.request)
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        failure: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            await slot.__aexit__(kind, failure, traceback)
+        if isinstance(failure, ObjectSizeExceededError):
+            raise APIError(413, too_large(failure.max_object_size, self.alias)) from failure
+
+    def declared_length(self) -> int | None:
+        """Return the Content-Length, or None; raise APIError for one refused at once."""
+        # From META: request.headers would parse every header to read this one.
+        length = self.request.META.get("CONTENT_LENGTH")
+        if length is None:
+            return None
         declared = bounded_number(length, MAX_CONTENT_LENGTH)
         if declared is None:
             raise APIError(
                 400, f"Content-Length must be a number of bytes, not {abbreviated(length)!r}."
             )
-        if limit is not None and declared > limit:
-            raise APIError(413, too_large(limit, alias))
+        if self.limit is not None and declared > self.limit:
+            raise APIError(413, too_large(self.limit, self.alias))
         if declared >= MAX_CONTENT_LENGTH:
             raise APIError(413, "The body is larger than any this server accepts.")
-    if declared is not None and declared <= LARGE_BODY:
-        yield _body_chunks(request)
-        return
-    async with _upload_slot():
-        yield _body_chunks(request)
-
-
-@contextlib.contextmanager
-def storage_errors(alias: str) -> Iterator[None]:
-    """Turn the refusal of a blob by the storage alias into the HTTP error it means."""
-    try:
-        yield
-    except ObjectSizeExceededError as large:
-        raise APIError(413, too_large(large.max_object_size, alias)) from large
+        return declared
 
 
 @dataclass
@@ -208,9 +229,20 @@ async def _upload_slot() -> AsyncIterator[None]:
         slots.freed.clear()
 
 
+def body_too_slow() -> APIError:
+    """Return the refusal (408) of a body that stopped arriving."""
+    return APIError(
+        408,
+        f"The body arrived too slowly (less than {format_size(BODY_PROGRESS)} in "
+        f"{conf.BLOBSTORE_BODY_TIMEOUT:g} seconds); nothing was stored. Send it faster, or "
+        "raise BLOBSTORE_BODY_TIMEOUT.",
+        {"Connection": "close"},
+    )
+
+
 async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
     receive = getattr(request, "scope", {}).get(RECEIVE_KEY)
-    if receive is None:  # Django's own handler has read the body already
+    if receive is None:  # the handler has read the body already
         while chunk := request.read(READ_CHUNK_SIZE):
             yield chunk
         return
@@ -223,13 +255,7 @@ async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
         try:
             message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
         except TimeoutError:
-            raise APIError(
-                408,
-                f"The body arrived too slowly (less than {format_size(BODY_PROGRESS)} in "
-                f"{timeout:g} seconds); nothing was stored. Send it faster, or raise "
-                "BLOBSTORE_BODY_TIMEOUT.",
-                {"Connection": "close"},
-            ) from None
+            raise body_too_slow() from None
         if message["type"] == "http.disconnect":
             logger.debug("%s %s: the client went away mid-body", request.method, request.path)
             raise APIError(400, "The client went away before the body was complete.")

@@ -39,7 +39,6 @@ from blobstore.api.responses import (
     keep_out_of_shared_caches,
     request_body,
     require_utf8,
-    storage_errors,
     with_blob_headers,
     without_controls,
 )
@@ -185,8 +184,7 @@ class BlobView(APIView):
         attributes = _attributes(request)
         limit = getattr(store, "max_object_size", None)
         async with request_body(request, limit, API_STORAGE) as body:
-            with storage_errors(API_STORAGE):
-                created, info = await _write(request, store, key, body, attributes)
+            created, info = await _write(request, store, key, body, attributes)
         response = json_response(_describe(info), status=201 if created else 200)
         response["ETag"] = etag(info)
         return response
@@ -235,10 +233,10 @@ async def _write(
                 "try again.",
             )
         return False, info
-    created = not await store.exists(key)
     info = await write(key, body)
     assert info is not None  # an unconditional write always stores
-    return created, info
+    # Decided by the write itself: of two clients creating one key at once, one hears 201.
+    return info.created == info.updated, info
 
 
 def _conditional(request: HttpRequest, info: BlobInfo) -> HttpResponse | None:

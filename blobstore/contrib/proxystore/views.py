@@ -30,7 +30,6 @@ from blobstore.api.responses import (
     json_response,
     request_body,
     require_utf8,
-    storage_errors,
     with_blob_headers,
 )
 from blobstore.contrib.proxystore import (
@@ -103,8 +102,7 @@ async def set(request: HttpRequest) -> HttpResponse:
     alias = storage_alias()
     store = _storage()
     async with request_body(request, getattr(store, "max_object_size", None), alias) as body:
-        with storage_errors(alias):
-            await store.write(key, await _not_empty(body))
+        await store.write(key, await _not_empty(body))
     return HttpResponse(status=200)
 
 
@@ -162,9 +160,10 @@ def _refusal(request: HttpRequest) -> HttpResponseBase | None:
     # A page in a browser, on whatever origin, must not reach these routes:
     # browsers send Origin with every cross-origin request and every POST,
     # and Sec-Fetch-Site with every request they make for a page.
-    if "Origin" in request.headers:
+    # From META: request.headers would parse every header to read these two.
+    if "HTTP_ORIGIN" in request.META:
         return error(403, "The ProxyStore endpoint routes refuse requests with an Origin.")
-    fetch_site = request.headers.get("Sec-Fetch-Site")
+    fetch_site = request.META.get("HTTP_SEC_FETCH_SITE")
     if fetch_site is not None and fetch_site != BROWSER_INITIATED:
         return error(403, "The ProxyStore endpoint routes refuse requests made by web pages.")
     if not _client_allowed(request.META.get("REMOTE_ADDR", "")):
