@@ -629,6 +629,7 @@ class SlowBodyTests(APITestCase):
                 )
                 self.assertEqual(status, 408)
                 self.assertEqual(headers[b"connection"], b"close")
+                self.assertEqual(headers[b"x-content-type-options"], b"nosniff")
                 self.assertIn("too slowly", json.loads(body)["error"])
         self.assertEqual(await self.contents(), {"kept": b"old"})
 

@@ -75,6 +75,7 @@ class DoorTests(SimpleTestCase):
                     response = await http.request(method, path, content=body)
                     self.assertEqual(response.status_code, status, response.text)
                     self.assertIn("error", response.json())
+                    self.assertEqual(response.headers["X-Content-Type-Options"], "nosniff")
         self.assertEqual(blobs(), before)
 
     async def test_a_host_outside_allowed_hosts_is_400(self) -> None:

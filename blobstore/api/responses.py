@@ -82,6 +82,9 @@ def json_response(data: Any, status: int = 200) -> JsonResponse:
     """
     response = JsonResponse(data, status=status)
     response.content = response.content + b"\n"
+    # Here as well as in answer(): some JSON is sent before any view (a Host
+    # outside ALLOWED_HOSTS, a body that stalls).
+    response["X-Content-Type-Options"] = "nosniff"
     return response
 
 
