@@ -1,6 +1,6 @@
 """Load benchmark: wrk against a real ProxyStore endpoint, a raw ASGI app and this site.
 
-    .venv/bin/python bench/load.py [--quick] [--duration S]
+    .venv/bin/python bench/load.py [--quick] [--rounds N] [--duration S]
 
 ``wrk`` (Debian's package; installed with apt-get when missing, as root) runs
 one thread for each figure: 1 KiB ``get`` and ``set`` with 1 and 32
@@ -15,8 +15,13 @@ uvicorn, with no access log:
   token; and Django's own handler, on the demo's settings and on a new
   project's SQLite defaults (``tests/hostsite``).
 
-Ratios are ours over theirs: ProxyStore's dict endpoint for DictStorage, its
-SQLite endpoint for every other backend. One run; the machine may be busy.
+All the servers run at once, idle but for the one under load. Each figure
+is measured in rounds: in each round every server takes the same load in
+turn, so that the figures compared were taken seconds apart on this noisy
+machine. A figure is the median of its rounds; a ratio is the median of the
+rounds' ratios, ours over theirs: ProxyStore's dict endpoint for DictStorage,
+its SQLite endpoint for every other backend, and for the REST routes our own
+ProxyStore routes on the same server.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import os  # noqa: E402
 import re  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
+import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -137,19 +143,49 @@ class Server:
 
 
 @dataclass
-class Figure:
+class Round:
     """What one wrk run measured."""
+
+    requests: float
+    p50_ms: float
+    p99_ms: float
+    failed: int
+
+
+@dataclass
+class Figure:
+    """One load on one server's routes, measured in rounds."""
 
     server: str
     routes: str
     operation: str
     connections: int
-    requests: float
-    p50_ms: float
-    p99_ms: float
-    failed: int
-    baseline: str = ""
-    extra: dict[str, float] = field(default_factory=dict)
+    rounds: list[Round] = field(default_factory=list)
+
+    @property
+    def requests(self) -> float:
+        return statistics.median(one.requests for one in self.rounds)
+
+    @property
+    def p50_ms(self) -> float:
+        return statistics.median(one.p50_ms for one in self.rounds)
+
+    @property
+    def p99_ms(self) -> float:
+        return statistics.median(one.p99_ms for one in self.rounds)
+
+    @property
+    def failed(self) -> int:
+        return sum(one.failed for one in self.rounds)
+
+
+@dataclass
+class Load:
+    """A figure and how to load it: wrk's script and the URL."""
+
+    figure: Figure
+    script: Path
+    url: str
 
 
 def free_port() -> int:
@@ -194,7 +230,7 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _SCALE[match.group(2)] if match else float("nan")
 
 
-def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: float) -> Figure:
+def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: float) -> Round:
     done = subprocess.run(
         [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script), url],
         capture_output=True, text=True, check=True,
@@ -207,8 +243,8 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: float) 
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = int(non2xx.group(1)) if non2xx else 0
     failed += sum(int(n) for n in errors.groups()) if errors else 0
-    return Figure(
-        "", "", "", connections, float(requests.group(1)) if requests else 0.0,
+    return Round(
+        float(requests.group(1)) if requests else 0.0,
         _ms(p50.group(1)) if p50 else float("nan"), _ms(p99.group(1)) if p99 else float("nan"),
         failed,
     )  # fmt: skip
@@ -222,28 +258,38 @@ def routes_of(server: Server) -> list[tuple[str, str, str]]:
     return routes
 
 
-def load(server: Server, wrk: str, seconds: float, scripts: Path) -> list[Figure]:
-    figures = []
+def loads_of(server: Server, scripts: Path) -> list[Load]:
+    """Return the loads to run on server, once the blob that every get reads is written."""
+    loads = []
     for routes, get_path, set_path in routes_of(server):
         rest = routes == "rest"
         token = server.token if rest else ""
         write = "PUT" if rest else "POST"
         put = wrk_script(scripts, f"{server.name}-{routes}-set", write, True, token)
         get = wrk_script(scripts, f"{server.name}-{routes}-get", "GET", False, token)
-        # The blob that every get reads, written once.
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         httpx.request(write, server.url + set_path, content=b"x" * 1024, headers=headers)
         for operation, script, path in (("get", get, get_path), ("set", put, set_path)):
             for connections in CONNECTIONS:
-                figure = run_wrk(wrk, server.url + path, script, connections, seconds)
-                figure.server, figure.routes, figure.operation = server.label, routes, operation
-                figures.append(figure)
-                print(
-                    f"  {server.label} {routes} {operation} c={connections}: "
-                    f"{figure.requests:,.0f}/s",
-                    file=sys.stderr,
-                )
-    return figures
+                figure = Figure(server.label, routes, operation, connections)
+                loads.append(Load(figure, script, server.url + path))
+    return loads
+
+
+def measure(loads: list[Load], wrk: str, rounds: int, seconds: float) -> None:
+    """Run every load in rounds; in a round, all the servers take one load in turn."""
+    for operation in OPERATIONS:
+        for connections in CONNECTIONS:
+            alike = [
+                load for load in loads
+                if (load.figure.operation, load.figure.connections) == (operation, connections)
+            ]  # fmt: skip
+            for number in range(rounds):
+                print(f"{operation} c={connections}, round {number + 1}", file=sys.stderr)
+                for load in alike:
+                    load.figure.rounds.append(
+                        run_wrk(wrk, load.url, load.script, connections, seconds)
+                    )
 
 
 @contextlib.contextmanager
@@ -304,6 +350,14 @@ def baseline_of(figure: Figure, server: Server, figures: list[Figure]) -> Figure
     )  # fmt: skip
 
 
+def round_ratio(ours: Figure, theirs: Figure) -> float:
+    """Return the median of the ratios of the rounds, each taken seconds apart."""
+    return statistics.median(
+        mine.requests / other.requests if other.requests else float("nan")
+        for mine, other in zip(ours.rounds, theirs.rounds, strict=True)
+    )
+
+
 def table(figures: list[Figure], by_label: dict[str, Server]) -> str:
     lines = [
         "| server | routes | op | conns | req/s | p50 ms | p99 ms | non-2xx | ours/theirs |",
@@ -311,11 +365,7 @@ def table(figures: list[Figure], by_label: dict[str, Server]) -> str:
     ]
     for figure in figures:
         base = baseline_of(figure, by_label[figure.server], figures)
-        ratio = (
-            f"{figure.requests / base.requests:.2f} ({base.server} {base.routes})"
-            if base and base.requests
-            else "—"
-        )
+        ratio = f"{round_ratio(figure, base):.2f} ({base.server} {base.routes})" if base else "—"
         lines.append(
             f"| {figure.server} | {figure.routes} | {figure.operation} | {figure.connections} "
             f"| {figure.requests:,.0f} | {figure.p50_ms:.2f} | {figure.p99_ms:.2f} "
@@ -326,33 +376,35 @@ def table(figures: list[Figure], by_label: dict[str, Server]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer servers, 2 s per figure")
-    parser.add_argument("--duration", type=float, help="seconds per figure (default 6, quick 2)")
+    parser.add_argument("--quick", action="store_true", help="fewer servers, one round")
+    parser.add_argument("--rounds", type=int, help="rounds per figure (default 3, quick 1)")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per round")
     arguments = parser.parse_args()
-    seconds = arguments.duration or (2.0 if arguments.quick else 6.0)
+    rounds = arguments.rounds or (1 if arguments.quick else 3)
     wrk = ensure_wrk()
-    figures: list[Figure] = []
     chosen = servers(arguments.quick)
     started = time.monotonic()
     with (
         tempfile.TemporaryDirectory(prefix="blobstore-load-") as scratch,
         contextlib.ExitStack() as stack,
     ):
+        loads = []
         for number, server in enumerate(chosen):
             server.home = Path(scratch) / f"server{number}"
             server.home.mkdir()
             if server.backend == "orm-pg":
                 server.database = stack.enter_context(postgres_database(number))
-            print(f"{server.label}:", file=sys.stderr)
+            print(f"starting {server.label}", file=sys.stderr)
+            stack.callback(server.stop)
             server.start()
-            try:
-                figures += load(server, wrk, seconds, Path(scratch))
-            finally:
-                server.stop()
+            loads += loads_of(server, Path(scratch))
+        measure(loads, wrk, rounds, arguments.duration)
+    figures = [load.figure for load in loads]
     print(table(figures, {server.label: server for server in chosen}))
     print(
-        f"\nwrk -t1, 1 KiB bodies, {seconds:g} s per figure; "
-        f"{time.monotonic() - started:.0f} s in all. One run on this machine."
+        f"\nwrk -t1, 1 KiB bodies; {rounds} round(s) of {arguments.duration:g} s per figure, "
+        f"all servers loaded in turn in each round; {time.monotonic() - started:.0f} s in all. "
+        "One run on this machine."
     )
 
 
