@@ -26,7 +26,13 @@ from blobstore.api import asgi
 from blobstore.asgi import get_asgi_application
 from blobstore.models import APIToken
 from blobstore.storage import ORMStorage, SQLiteStorage, storages
-from blobstore.storage.loop import LoopReader, for_sync_caller, loop_reader, postgresql_reader
+from blobstore.storage.loop import (
+    LOOP_CONNECTIONS,
+    LoopReader,
+    for_sync_caller,
+    loop_reader,
+    postgresql_reader,
+)
 from tests.test_cancellation import drive
 
 
@@ -125,13 +131,40 @@ class ORMStorageLoopReadTests(TransactionTestCase):
         self.assertEqual(after, [(True, b"one")] * suspensions)
 
 
+class PostgreSQLLoopConnectionTests(TransactionTestCase):
+    databases = {"postgres"}
+
+    def test_concurrent_reads_open_a_few_connections_and_see_every_commit(self) -> None:
+        storage = ORMStorage(using="postgres")
+
+        async def scenario() -> tuple[int, list[Any], int, list[Any]]:
+            await storage.set("k", b"one")
+            for _ in range(5):
+                await storage.get("k")
+            one_at_a_time = len(postgresql_reader.connections())
+            together = await asyncio.gather(*(storage.get("k") for _ in range(32)))
+            opened = len(postgresql_reader.connections())
+            await storage.set("k", b"two")
+            after = await asyncio.gather(*(storage.get("k") for _ in range(32)))
+            await postgresql_reader.close()
+            await sync_to_async(connections.close_all)()
+            return one_at_a_time, together, opened, after
+
+        one_at_a_time, together, opened, after = asyncio.run(scenario())
+        self.assertEqual(one_at_a_time, 1)
+        self.assertEqual(together, [b"one"] * 32)
+        self.assertGreater(opened, 1)
+        self.assertLessEqual(opened, LOOP_CONNECTIONS)
+        self.assertEqual(after, [b"two"] * 32)
+
+
 async def read_on_the_loop() -> bool:
     """Return whether this event loop has read the default database on a connection of its own."""
     settings = connections.settings["default"]
     if settings["ENGINE"] == "django.db.backends.sqlite3":
         return loop_reader._local.__dict__.get("opened", {}).get(str(settings["NAME"])) is not None
-    opened = postgresql_reader._opened.get(asyncio.get_running_loop(), {})
-    return any(task.done() and task.result() is not None for task in opened.values())
+    opened = postgresql_reader.connections()
+    return any(task.done() and task.result() is not None for task in opened)
 
 
 async def close_connections() -> None:

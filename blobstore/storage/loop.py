@@ -8,8 +8,8 @@ besides. So a server's reads run on the loop itself:
 - SQLite in WAL mode, where a reader never waits for a writer: on a
   read-only connection of the loop's thread (:class:`LoopReader`), called
   synchronously;
-- PostgreSQL with psycopg 3: on an async connection of the loop's own
-  (:class:`PostgreSQLLoopReader`), in autocommit.
+- PostgreSQL with psycopg 3: on async connections of the loop's own
+  (:class:`PostgreSQLLoopReader`, up to :data:`LOOP_CONNECTIONS`), in autocommit.
 
 Either sees committed rows only, so it is used only where nothing else could
 be seen: not from code that ``async_to_sync`` runs for a synchronous caller,
@@ -28,6 +28,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import AsyncToSync
@@ -84,12 +85,29 @@ def _open_wal(path: str) -> sqlite3.Connection | None:
     return reader
 
 
+LOOP_CONNECTIONS = 4
+"""The most connections an event loop reads a PostgreSQL database on."""
+
+
+@dataclass(eq=False)
+class _Slot:
+    """One of a loop's connections to a database, as it opens, and its reads under way."""
+
+    opening: asyncio.Task[Any]
+    reads: int = 0
+
+
 class PostgreSQLLoopReader:
-    """An async psycopg connection per event loop and database, opened on first use."""
+    """Async psycopg connections per event loop and database, opened as reads need them.
+
+    A connection runs one statement at a time: a read goes to the one with
+    the fewest under way, and while every one is busy a new one opens, up to
+    LOOP_CONNECTIONS.
+    """
 
     def __init__(self) -> None:
         self._opened: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, dict[tuple[Any, ...], asyncio.Task[Any]]
+            asyncio.AbstractEventLoop, dict[tuple[Any, ...], list[_Slot]]
         ] = weakref.WeakKeyDictionary()
 
     async def fetchall(
@@ -101,37 +119,49 @@ class PostgreSQLLoopReader:
         # Imported here: run_to_end's module imports this one.
         from blobstore.storage.base import run_to_end
 
-        opening = self._opening(wrapper)
-        # Shared by the requests that come while it opens; a cancelled one leaves it opening.
-        connection = await run_to_end(opening)
-        if connection is None:
-            await self._forget(wrapper, opening)  # the next read tries again
-            return None
+        slot = self._slot(wrapper)
+        slot.reads += 1
         try:
-            # To its end even if the caller is cancelled: the connection is shared.
-            return await run_to_end(_fetchall(connection, sql, params))
-        except Exception:
-            await self._forget(wrapper, opening)
-            return None
+            # Shared by the reads that come while it opens; a cancelled one leaves it opening.
+            connection = await run_to_end(slot.opening)
+            if connection is None:
+                await self._forget(wrapper, slot)  # the next read tries again
+                return None
+            try:
+                # To its end even if the caller is cancelled: the connection is shared.
+                return await run_to_end(_fetchall(connection, sql, params))
+            except Exception:
+                await self._forget(wrapper, slot)
+                return None
+        finally:
+            slot.reads -= 1
 
     async def close(self) -> None:
         """Close this event loop's connections."""
         opened = self._opened.pop(asyncio.get_running_loop(), {})
-        for opening in opened.values():
-            await _close(opening)
+        for slots in opened.values():
+            for slot in slots:
+                await _close(slot.opening)
 
-    def _opening(self, wrapper: BaseDatabaseWrapper) -> asyncio.Task[Any]:
-        opened = self._opened.setdefault(asyncio.get_running_loop(), {})
-        key = _identity(wrapper)
-        if key not in opened:
-            opened[key] = asyncio.ensure_future(_connect(wrapper))
-        return opened[key]
-
-    async def _forget(self, wrapper: BaseDatabaseWrapper, opening: asyncio.Task[Any]) -> None:
+    def connections(self) -> list[asyncio.Task[Any]]:
+        """Return this event loop's connections, as they open, to every database."""
         opened = self._opened.get(asyncio.get_running_loop(), {})
-        if opened.get(_identity(wrapper)) is opening:
-            del opened[_identity(wrapper)]
-        await _close(opening)
+        return [slot.opening for slots in opened.values() for slot in slots]
+
+    def _slot(self, wrapper: BaseDatabaseWrapper) -> _Slot:
+        opened = self._opened.setdefault(asyncio.get_running_loop(), {})
+        slots = opened.setdefault(_identity(wrapper), [])
+        least_busy = min(slots, key=lambda slot: slot.reads, default=None)
+        if least_busy is None or (least_busy.reads and len(slots) < LOOP_CONNECTIONS):
+            least_busy = _Slot(asyncio.ensure_future(_connect(wrapper)))
+            slots.append(least_busy)
+        return least_busy
+
+    async def _forget(self, wrapper: BaseDatabaseWrapper, slot: _Slot) -> None:
+        slots = self._opened.get(asyncio.get_running_loop(), {}).get(_identity(wrapper), [])
+        if slot in slots:
+            slots.remove(slot)
+        await _close(slot.opening)
 
 
 def _identity(wrapper: BaseDatabaseWrapper) -> tuple[Any, ...]:
