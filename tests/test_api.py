@@ -663,20 +663,10 @@ class SlowBodyTests(APITestCase):
 
 
 async def asgi_call(
-    method: str,
-    path: str,
-    headers: list[tuple[bytes, bytes]],
-    chunks: list[bytes],
-    *,
-    stall: bool = False,
-    delay: float = 0.0,
+    method: str, path: str, headers: list[tuple[bytes, bytes]], chunks: list[bytes], **client: Any
 ) -> tuple[int, dict[bytes, bytes], bytes]:
-    """Send a request to the site's short path as an ASGI server would; return the answer.
-
-    The body is chunks, delay seconds apart; with stall, the client then
-    sends nothing more. Unlike the test client, headers go as they are given.
-    """
-    sent = await asgi_messages(method, path, headers, chunks, stall=stall, delay=delay)
+    """Send a request as asgi_messages() does (client: stall, delay); return the answer."""
+    sent = await asgi_messages(method, path, headers, chunks, **client)
     start = sent[0]
     answered = {name.lower(): value for name, value in start["headers"]}
     return start["status"], answered, b"".join(m.get("body", b"") for m in sent[1:])
@@ -692,9 +682,11 @@ async def asgi_messages(
     hang_up: bool = False,
     delay: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Send a request as asgi_call() does; return the messages sent back.
+    """Send a request to the site's short path as an ASGI server would; return what it sent.
 
-    With hang_up, the client goes away after the chunks.
+    The body is chunks, delay seconds apart; then, with stall, the client
+    sends nothing more, and with hang_up it goes away. Unlike the test
+    client, headers go as they are given.
     """
     raw_path, _, query = path.partition("?")
     scope = {
