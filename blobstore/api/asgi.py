@@ -146,12 +146,13 @@ class ASGIHandler(DjangoASGIHandler):
         api_scope = {**scope, MATCH_KEY: match}
         if _small_body(scope):
             try:
-                body_file = await self.read_small_body(receive)
+                # Less than BODY_PROGRESS bytes in a timeout's time is too slow, as in a view.
+                async with asyncio.timeout(conf.BLOBSTORE_BODY_TIMEOUT):
+                    body_file = await self.read_body(receive)
             except RequestAborted:
                 return  # as Django's handle(): the client left before its body was whole
             except TimeoutError:
-                too_slow = body_too_slow()
-                await self.answer_early(error(408, too_slow.message, too_slow.headers), send)
+                await self.answer_early(body_too_slow().response(), send)
                 return
             listened: Receive = receive
         else:
@@ -183,26 +184,6 @@ class ASGIHandler(DjangoASGIHandler):
             await signals.request_finished.asend(sender=self.__class__)
         else:
             await self.closer.close(response)
-
-    @staticmethod
-    async def read_small_body(receive: Receive) -> io.BytesIO:
-        """Return a body of at most BODY_PROGRESS bytes, read whole.
-
-        Raise RequestAborted if the client hangs up first, and TimeoutError if
-        the body does not arrive within BLOBSTORE_BODY_TIMEOUT: as when a view
-        reads a body, less than BODY_PROGRESS bytes in that time is too slow.
-        """
-        body = io.BytesIO()
-        async with asyncio.timeout(conf.BLOBSTORE_BODY_TIMEOUT):
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise RequestAborted
-                body.write(message.get("body", b""))
-                if not message.get("more_body", False):
-                    break
-        body.seek(0)
-        return body
 
     async def answer_early(self, response: HttpResponseBase, send: Send) -> None:
         """Send response to a request that reaches no view, and close it."""

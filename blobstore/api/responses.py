@@ -73,6 +73,10 @@ class APIError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def response(self) -> JsonResponse:
+        """Return the JSON error response that tells the client so."""
+        return error(self.status, self.message, self.headers)
+
 
 def json_response(data: Any, status: int = 200) -> JsonResponse:
     """Return data as a JSON response whose body ends with a newline, as text should.
@@ -114,7 +118,7 @@ async def _answer(
     try:
         return await view()
     except APIError as bad:
-        return error(bad.status, bad.message, bad.headers)
+        return bad.response()
     except SuspiciousOperation as suspicious:  # e.g. too many query parameters
         return error(400, str(suspicious) or "The request is malformed.")
     except Exception as exc:
