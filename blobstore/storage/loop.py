@@ -124,17 +124,15 @@ class PostgreSQLLoopReader:
         try:
             # Shared by the reads that come while it opens; a cancelled one leaves it opening.
             connection = await run_to_end(slot.opening)
-            if connection is None:
-                await self._forget(wrapper, slot)  # the next read tries again
-                return None
-            try:
+            if connection is not None:
                 # To its end even if the caller is cancelled: the connection is shared.
                 return await run_to_end(_fetchall(connection, sql, params))
-            except Exception:
-                await self._forget(wrapper, slot)
-                return None
+        except Exception:
+            pass  # the caller's connection reads instead, and reports what went wrong
         finally:
             slot.reads -= 1
+        await self._forget(wrapper, slot)  # the next read opens another
+        return None
 
     async def close(self) -> None:
         """Close this event loop's connections."""
