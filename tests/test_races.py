@@ -113,8 +113,11 @@ class NewProjectSQLiteWriteTests(RaceTestCase):
         async with asyncio.timeout(60), self.serving() as http:
             for round_ in range(rounds):
                 # Most keys are new; a few are written by several requests at once.
+                # Under the size: the class's other test writes the same database.
                 keys = [
-                    f"shared/{i % SHARED_KEYS}" if i < 2 * SHARED_KEYS else f"load/{round_}/{i}"
+                    f"{size}/shared/{i % SHARED_KEYS}"
+                    if i < 2 * SHARED_KEYS
+                    else f"{size}/load/{round_}/{i}"
                     for i in range(width)
                 ]
                 bodies = [os.urandom(size) for _ in keys]
@@ -141,6 +144,8 @@ class NewProjectSQLiteWriteTests(RaceTestCase):
             f"{sum(errors.values())} of {rounds * width} writes failed ({dict(statuses)}); "
             f"{len(unread)} of {len(expected)} keys do not read back as written",
         )
+        # Of the writers that created a key at once, one heard 201.
+        self.assertEqual(statuses[201], len(expected), dict(statuses))
 
 
 class NewProjectShortPathSQLiteWriteTests(NewProjectSQLiteWriteTests):
