@@ -357,7 +357,15 @@ class Command(BaseCommand):
             if self.standalone:
                 # In the main thread, so that Ctrl-C cancels the transfer
                 # (an upload cut off stores nothing).
-                if asyncio.run(_interruptible(closing())):
+                job = closing()
+                try:
+                    interrupted = asyncio.run(_interruptible(job))
+                finally:
+                    # A Ctrl-C before the work began left these unstarted: closed, they
+                    # are not reported as never awaited. Closing a finished one does nothing.
+                    job.close()
+                    work.close()
+                if interrupted:
                     raise KeyboardInterrupt
             else:
                 # On the caller's thread and database connections.
