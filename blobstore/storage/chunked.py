@@ -323,15 +323,19 @@ class CommitGroup:
     """Small writes that come at once, committed together: one transaction for many.
 
     A writer's commit waits while the group's current transaction runs; the
-    writes that arrived meanwhile go together in the next one. Each writer
-    is answered once its row is committed, so nothing is acknowledged
-    earlier than one commit of its own would be.
+    writes that arrived meanwhile, up to limit, go together in the next one.
+    Each writer is answered once its row is committed, so nothing is
+    acknowledged earlier than one commit of its own would be.
     """
 
     def __init__(
-        self, commit_many: Callable[[list[Version]], Awaitable[list[datetime.datetime | None]]]
+        self,
+        commit_many: Callable[[list[Version]], Awaitable[list[datetime.datetime | None]]],
+        *,
+        limit: int,
     ) -> None:
         self.commit_many = commit_many
+        self.limit = limit
         # Per event loop: a storage may be used from several (async_to_sync makes one per call).
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue] = (
             weakref.WeakKeyDictionary()
@@ -352,7 +356,7 @@ class CommitGroup:
     async def _run(self, queue: _Queue) -> None:
         try:
             while queue.waiting:
-                group, queue.waiting = queue.waiting, []
+                group, queue.waiting = queue.waiting[: self.limit], queue.waiting[self.limit :]
                 try:
                     results = await self.commit_many([row for row, _ in group])
                 except Exception as error:

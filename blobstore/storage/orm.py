@@ -48,7 +48,6 @@ from blobstore.storage.statement import (
     binary_postgresql,
     cursor_for,
     execute,
-    execute_many,
     in_memory,
 )
 
@@ -60,6 +59,9 @@ if TYPE_CHECKING:
 
 CHUNKS_PER_FETCH = 4
 """How many chunks a stream reads from the database at a time."""
+
+GROUP_LIMIT = 64
+"""How many small writes one statement commits at most: 640 parameters, under SQLite's 999."""
 
 # In the order of BlobInfo's fields.
 _INFO_FIELDS = [
@@ -105,7 +107,7 @@ class ORMStorage(ChunkedStorage):
         self.using = using
         self.timeout = float(timeout)
         self._selects: dict[tuple[str, ...], Statement] = {}
-        self._group = CommitGroup(self._upsert_group)
+        self._group = CommitGroup(self._upsert_group, limit=GROUP_LIMIT)
 
     @property
     def blobs(self) -> QuerySet[Blob]:
@@ -241,30 +243,40 @@ class ORMStorage(ChunkedStorage):
         return statement
 
     def _upsert_many(self, rows: list[Version]) -> list[datetime.datetime | None]:
-        """Upsert rows in one transaction; return the creation of each key, or None.
+        """Upsert rows in one statement; return the creation of each key, or None.
 
         None means that the blob there is chunked or expired, which the upsert
-        leaves as it is. The statements go to PostgreSQL together, in one round trip.
+        leaves as it is. Of the rows of one key, the last is written, created
+        when the first was: what committing them in turn would leave.
         """
         connection = connections[self.using]
-        prepared = [self._row_values(row) for row in rows]
+        created: dict[str, datetime.datetime] = {}
+        latest: dict[str, Version] = {}
+        for row in rows:
+            created.setdefault(row.key, row.updated)
+            latest[row.key] = row
+        prepared = [self._row_values(row, created=created[key]) for key, row in latest.items()]
         table, columns = prepared[0]
-        sql = self._upsert_sql(table, list(columns))
-        with transaction.atomic(using=self.using):
-            found = execute_many(connection, sql, [list(values.values()) for _, values in prepared])
-        return [_aware(connection, returned[0][0]) if returned else None for returned in found]
+        sql = self._upsert_sql(table, list(columns), rows=len(prepared))
+        params = [value for _, values in prepared for value in values.values()]
+        # One statement is a transaction of its own (or a part of the caller's):
+        # no BEGIN and COMMIT to wait for.
+        found = dict(execute(connection, sql, params))
+        return [_aware(connection, found[row.key]) if row.key in found else None for row in rows]
 
-    def _upsert_sql(self, table: str, values: list[str]) -> str:
-        """Return the statement that inserts, or replaces unchunked and live, a row of values."""
+    def _upsert_sql(self, table: str, values: list[str], *, rows: int) -> str:
+        """Return the statement that inserts, or replaces unchunked and live, rows of values."""
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in self._replaced(values))
+        key, created = _quoted(self.using, "key"), _quoted(self.using, "created")
         version, expires = _quoted(self.using, "version"), _quoted(self.using, "expires")
         updated = _quoted(self.using, "updated")
         return (
-            f"INSERT INTO {table} ({', '.join(values)}) VALUES ({_marks(values)}) "
-            f"ON CONFLICT ({_quoted(self.using, 'key')}) DO UPDATE SET {updates} "
+            f"INSERT INTO {table} ({', '.join(values)}) "
+            f"VALUES {', '.join([f'({_marks(values)})'] * rows)} "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates} "
             f"WHERE {table}.{version} IS NULL AND "
             f"({table}.{expires} IS NULL OR {table}.{expires} > EXCLUDED.{updated}) "
-            f"RETURNING {table}.{_quoted(self.using, 'created')}"
+            f"RETURNING {table}.{key}, {table}.{created}"
         )
 
     def _commit_now(
@@ -325,14 +337,16 @@ class ORMStorage(ChunkedStorage):
         kept = {_quoted(self.using, "key"), _quoted(self.using, "created")}
         return [column for column in values if column not in kept]
 
-    def _row_values(self, row: Version) -> tuple[str, dict[str, Any]]:
+    def _row_values(
+        self, row: Version, *, created: datetime.datetime | None = None
+    ) -> tuple[str, dict[str, Any]]:
         """Return the quoted table name and the quoted columns with their database values."""
         values = {
             "key": row.key,
             "data": row.head,
             "size": row.size,
             "sha256": row.sha256,
-            "created": row.updated,
+            "created": created or row.updated,
             "updated": row.updated,
             "version": row.version,
             "content_type": row.attributes.content_type,

@@ -136,29 +136,6 @@ def execute(connection: BaseDatabaseWrapper, sql: str, params: list[Any]) -> lis
             cursor.close()
 
 
-def execute_many(
-    connection: BaseDatabaseWrapper, sql: str, params_list: list[list[Any]]
-) -> list[list[Any]]:
-    """Run sql once for each params in the current transaction; return each run's rows.
-
-    On PostgreSQL the runs go to the server together (psycopg's pipeline),
-    in one round trip instead of one each; they still run one after another.
-    """
-    if not binary_postgresql(connection):
-        return [execute(connection, sql, params) for params in params_list]
-    cursor = cursor_for(connection, binary=True)
-    with connection.wrap_database_errors:
-        try:
-            cursor.executemany(sql, params_list, returning=True)
-            results = []
-            while True:
-                results.append(list(cursor.fetchall()) if cursor.description else [])
-                if not cursor.nextset():
-                    return results
-        finally:
-            cursor.close()
-
-
 def _psycopg3(connection: BaseDatabaseWrapper) -> bool:
     """Return whether Django's PostgreSQL backend runs on psycopg 3, which connects async too."""
     return getattr(getattr(connection, "Database", None), "__name__", "") == "psycopg"
