@@ -319,23 +319,39 @@ class _ChunkWriter:
             logger.warning("Could not delete the chunks of abandoned version %s.", self.version)
 
 
+GROUP_LIMIT = 64
+"""How many small writes one commit takes at most: 640 parameters for rows of ten
+columns, under the oldest SQLite's limit of 999 per statement."""
+
+
+def last_of_each_key(rows: list[Version]) -> list[tuple[Version, datetime.datetime]]:
+    """Return the last row of each key, with the time the key's first row was made.
+
+    Committing those alone, the key created at that time if it is new, leaves
+    what committing every row in turn would: the last row wins, and the first
+    one created the key.
+    """
+    created: dict[str, datetime.datetime] = {}
+    last: dict[str, Version] = {}
+    for row in rows:
+        created.setdefault(row.key, row.updated)
+        last[row.key] = row
+    return [(row, created[key]) for key, row in last.items()]
+
+
 class CommitGroup:
     """Small writes that come at once, committed together: one transaction for many.
 
     A writer's commit waits while the group's current transaction runs; the
-    writes that arrived meanwhile, up to limit, go together in the next one.
+    writes that arrived meanwhile, up to GROUP_LIMIT, go together in the next one.
     Each writer is answered once its row is committed, so nothing is
     acknowledged earlier than one commit of its own would be.
     """
 
     def __init__(
-        self,
-        commit_many: Callable[[list[Version]], Awaitable[list[datetime.datetime | None]]],
-        *,
-        limit: int,
+        self, commit_many: Callable[[list[Version]], Awaitable[list[datetime.datetime | None]]]
     ) -> None:
         self.commit_many = commit_many
-        self.limit = limit
         # Per event loop: a storage may be used from several (async_to_sync makes one per call).
         self._queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Queue] = (
             weakref.WeakKeyDictionary()
@@ -356,7 +372,7 @@ class CommitGroup:
     async def _run(self, queue: _Queue) -> None:
         try:
             while queue.waiting:
-                group, queue.waiting = queue.waiting[: self.limit], queue.waiting[self.limit :]
+                group, queue.waiting = queue.waiting[:GROUP_LIMIT], queue.waiting[GROUP_LIMIT:]
                 try:
                     results = await self.commit_many([row for row, _ in group])
                 except Exception as error:

@@ -41,6 +41,7 @@ from blobstore.storage.chunked import (
     ChunkSource,
     CommitGroup,
     Version,
+    last_of_each_key,
 )
 from blobstore.storage.loop import postgresql_reader
 from blobstore.storage.statement import (
@@ -59,9 +60,6 @@ if TYPE_CHECKING:
 
 CHUNKS_PER_FETCH = 4
 """How many chunks a stream reads from the database at a time."""
-
-GROUP_LIMIT = 64
-"""How many small writes one statement commits at most: 640 parameters, under SQLite's 999."""
 
 # In the order of BlobInfo's fields.
 _INFO_FIELDS = [
@@ -107,7 +105,7 @@ class ORMStorage(ChunkedStorage):
         self.using = using
         self.timeout = float(timeout)
         self._selects: dict[tuple[str, ...], Statement] = {}
-        self._group = CommitGroup(self._upsert_group, limit=GROUP_LIMIT)
+        self._group = CommitGroup(self._upsert_group)
 
     @property
     def blobs(self) -> QuerySet[Blob]:
@@ -247,15 +245,10 @@ class ORMStorage(ChunkedStorage):
 
         None means that the blob there is chunked or expired, which the upsert
         leaves as it is. Of the rows of one key, the last is written, created
-        when the first was: what committing them in turn would leave.
+        when the first was (:func:`~blobstore.storage.chunked.last_of_each_key`).
         """
         connection = connections[self.using]
-        created: dict[str, datetime.datetime] = {}
-        latest: dict[str, Version] = {}
-        for row in rows:
-            created.setdefault(row.key, row.updated)
-            latest[row.key] = row
-        prepared = [self._row_values(row, created=created[key]) for key, row in latest.items()]
+        prepared = [self._row_values(row, created=at) for row, at in last_of_each_key(rows)]
         table, columns = prepared[0]
         sql = self._upsert_sql(table, list(columns), rows=len(prepared))
         params = [value for _, values in prepared for value in values.values()]

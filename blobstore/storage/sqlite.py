@@ -33,7 +33,14 @@ from blobstore.storage.base import (
     validate_key,
     validate_listing,
 )
-from blobstore.storage.chunked import ChunkedStorage, ChunkSink, ChunkSource, Version
+from blobstore.storage.chunked import (
+    ChunkedStorage,
+    ChunkSink,
+    ChunkSource,
+    CommitGroup,
+    Version,
+    last_of_each_key,
+)
 from blobstore.storage.loop import loop_reader
 
 MEMORY = ":memory:"
@@ -80,15 +87,16 @@ _INDEXES = "CREATE INDEX IF NOT EXISTS blobs_expires ON blobs (expires) WHERE ex
 _LIVE = "(expires IS NULL OR expires > ?)"
 """Whether a row is a blob that may be read, given the time now."""
 _COLUMNS = "key, value, size, updated, sha256, version, content_type, metadata, created, expires"
-_INSERT = f"INSERT INTO blobs ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT = f"INSERT INTO blobs ({_COLUMNS}) VALUES {_ROW}"
 _NEW_VERSION = """value = excluded.value, size = excluded.size, updated = excluded.updated,
     sha256 = excluded.sha256, version = excluded.version, content_type = excluded.content_type,
     metadata = excluded.metadata, expires = excluded.expires"""
 # A key keeps the time it was created while it holds live blobs.
-_UPSERT = f"""{_INSERT} ON CONFLICT (key) DO UPDATE SET {_NEW_VERSION},
+_UPSERT = f"""ON CONFLICT (key) DO UPDATE SET {_NEW_VERSION},
     created = CASE WHEN {_LIVE.replace("?", "excluded.updated")} THEN coalesce(created, updated)
                    ELSE excluded.created END
-RETURNING created"""
+RETURNING key, created"""
 _CREATE = f"""{_INSERT} ON CONFLICT (key) DO UPDATE SET {_NEW_VERSION}, created = excluded.created
 WHERE NOT {_LIVE.replace("?", "excluded.updated")} RETURNING created"""
 _REPLACE = f"""UPDATE blobs SET ({_COLUMNS.replace(", created", "")}) = (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -134,6 +142,7 @@ class SQLiteStorage(ChunkedStorage):
         self.synchronous = synchronous
         self._db: aiosqlite.Connection | None = None
         self._opening = asyncio.Lock()
+        self._group = CommitGroup(self._upsert_many)
 
     async def db(self) -> aiosqlite.Connection:
         """Return the database connection, opening it on first use."""
@@ -310,26 +319,33 @@ class SQLiteStorage(ChunkedStorage):
     async def _commit(
         self, row: Version, *, if_absent: bool, if_sha256: str | None
     ) -> datetime.datetime | None:
-        attributes = row.attributes
-        updated = row.updated.timestamp()
-        values = (
-            row.key,
-            row.head,
-            row.size,
-            updated,
-            row.sha256,
-            None if row.version is None else row.version.hex,
-            attributes.content_type,
-            json.dumps(attributes.metadata),
-        )
-        expires = None if attributes.expires is None else attributes.expires.timestamp()
+        if not if_absent and if_sha256 is None:
+            # A blob of one row is committed with the other writers' of the
+            # moment; a chunked one alone, so that no version goes unnamed.
+            if row.version is None:
+                return await self._group.commit(row)
+            (created,) = await self._upsert_many([row])
+            return created
+        *columns, _, expires = values = _values(row, created=row.updated)
         if if_sha256 is not None:
-            replace = (*values, expires, row.key, if_sha256, updated)
-            rows = await self._fetchall(_REPLACE, replace)
+            # The columns but created, then the conditions: the key, its digest, the time.
+            condition = (row.key, if_sha256, row.updated.timestamp())
+            rows = await self._fetchall(_REPLACE, (*columns, expires, *condition))
         else:
-            insert = (*values, updated, expires)
-            rows = await self._fetchall(_CREATE if if_absent else _UPSERT, insert)
+            rows = await self._fetchall(_CREATE, values)
         return _time(rows[0][0]) if rows else None
+
+    async def _upsert_many(self, rows: list[Version]) -> list[datetime.datetime | None]:
+        """Insert or replace rows in one statement; return the creation of each key.
+
+        Of the rows of one key, the last is written, created when the first
+        was (:func:`~blobstore.storage.chunked.last_of_each_key`).
+        """
+        latest = last_of_each_key(rows)
+        sql = f"INSERT INTO blobs ({_COLUMNS}) VALUES {', '.join([_ROW] * len(latest))} {_UPSERT}"
+        params = tuple(value for row, created in latest for value in _values(row, created=created))
+        found = {key: created for key, created in await self._fetchall(sql, params)}
+        return [_time(found[row.key]) for row in rows]
 
     async def _discard(self, version: uuid.UUID) -> None:
         await self._fetchall("DELETE FROM chunks WHERE version = ?", (version.hex,))
@@ -429,6 +445,23 @@ def _info(
         json.loads(metadata),
         _time(updated if created is None else created),
         None if expires is None else _time(expires),
+    )
+
+
+def _values(row: Version, *, created: datetime.datetime) -> tuple[object, ...]:
+    """Return the values of row's columns, in the order of _COLUMNS."""
+    attributes = row.attributes
+    return (
+        row.key,
+        row.head,
+        row.size,
+        row.updated.timestamp(),
+        row.sha256,
+        None if row.version is None else row.version.hex,
+        attributes.content_type,
+        json.dumps(attributes.metadata),
+        created.timestamp(),
+        None if attributes.expires is None else attributes.expires.timestamp(),
     )
 
 
