@@ -71,7 +71,8 @@ async def authorize(request: HttpRequest, method: str, key: str | None = None) -
 
 
 async def _authenticate(request: HttpRequest) -> tuple[User, bool]:
-    header = request.headers.get("Authorization")
+    # From META: request.headers would parse every header to read this one.
+    header = request.META.get("HTTP_AUTHORIZATION")
     if header is None:
         return await _session_user(request), False
     scheme, _, secret = header.partition(" ")
