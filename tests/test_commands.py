@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import io
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -916,3 +918,25 @@ class PipeTests(SimpleTestCase):
         self.assertEqual(got.stdout, b"")
         self.assertIn(b"No blob is stored under 'no/such/key'", got.stderr)
         self.assertNotIn(b"Traceback", got.stderr)
+
+
+class InterruptTests(SimpleTestCase):
+    """Ctrl-C in a command run as a program, sent to this process itself."""
+
+    def test_after_the_clean_up_another_ctrl_c_cannot_cut_the_exit_short(self) -> None:
+        previous = signal.getsignal(signal.SIGINT)
+        self.addCleanup(signal.signal, signal.SIGINT, previous)
+        command = Command()
+        command.standalone = True
+
+        async def work() -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            await asyncio.sleep(60)
+
+        with self.assertRaises(CommandError) as raised:
+            command.run(work())
+        self.assertEqual(str(raised.exception), "Interrupted.")
+        self.assertEqual(raised.exception.returncode, 130)
+        # Django writes "Interrupted." and exits next: a second Ctrl-C meanwhile
+        # must not add "stopped at once" to a clean-up that is over.
+        self.assertIs(signal.getsignal(signal.SIGINT), signal.SIG_IGN)

@@ -366,6 +366,9 @@ class Command(BaseCommand):
                     job.close()
                     work.close()
                 if interrupted:
+                    # The clean-up is over and every thread has finished: the process
+                    # only says so and exits, which another Ctrl-C would cut short.
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
                     raise KeyboardInterrupt
             else:
                 # On the caller's thread and database connections.
