@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import datetime
 import tempfile
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import async_to_sync
 from django.db import DatabaseError, transaction
 from django.test import SimpleTestCase, TransactionTestCase
 
 from blobstore.storage import ORMStorage, SQLiteStorage
-from blobstore.storage.chunked import GROUP_LIMIT, ChunkedStorage, Version
+from blobstore.storage.chunked import GROUP_LIMIT, ChunkedStorage, CommitGroup, Version
+
+T = TypeVar("T")
 
 # The mixin is a test case to the type checker, a plain class to unittest.
 if TYPE_CHECKING:
@@ -120,3 +123,81 @@ class SQLiteStorageTests(CommitGroupMixin, TransactionTestCase):
         storage = SQLiteStorage(Path(folder.name) / "blobs.sqlite3")
         self.addCleanup(async_to_sync(storage.close))
         return storage
+
+
+class ClosingLoopTests(SimpleTestCase):
+    """A closing event loop cancels every task, the group's too: no writer is left waiting."""
+
+    def test_a_statement_under_way_answers_its_writers_and_those_behind_it_are_cancelled(
+        self,
+    ) -> None:
+        async def scenario() -> list[object]:
+            sent, finish = asyncio.Event(), asyncio.Event()
+
+            async def commit_many(rows: list[Version]) -> list[datetime.datetime | None]:
+                sent.set()
+                await finish.wait()
+                return [row.updated for row in rows]
+
+            group = CommitGroup(commit_many)
+            writers = [asyncio.ensure_future(group.commit(version(f"k{i}"))) for i in range(3)]
+            await sent.wait()
+            writers += [asyncio.ensure_future(group.commit(version(f"late{i}"))) for i in range(2)]
+            await asyncio.sleep(0)  # the late ones wait for the next statement
+            committing(group).cancel()  # as a closing loop does
+            await asyncio.sleep(0)
+            finish.set()
+            return await asyncio.gather(*writers, return_exceptions=True)
+
+        results = run_in_a_loop_of_its_own(self, scenario)
+        self.assertEqual([type(result) for result in results[:3]], [datetime.datetime] * 3)
+        self.assertEqual([type(result) for result in results[3:]], [asyncio.CancelledError] * 2)
+
+    def test_a_group_cancelled_before_it_began_cancels_its_writers(self) -> None:
+        async def scenario() -> list[object]:
+            sent: list[Version] = []
+
+            async def commit_many(rows: list[Version]) -> list[datetime.datetime | None]:
+                sent.extend(rows)
+                return [row.updated for row in rows]
+
+            group = CommitGroup(commit_many)
+            writers = [asyncio.ensure_future(group.commit(version(f"k{i}"))) for i in range(3)]
+            await asyncio.sleep(0)  # they have joined; the group's task has not run yet
+            committing(group).cancel()
+            results: list[object] = [*await asyncio.gather(*writers, return_exceptions=True)]
+            self.assertEqual(sent, [])
+            # The next writer starts a group again.
+            results.append(await group.commit(version("next")))
+            return results
+
+        results = run_in_a_loop_of_its_own(self, scenario)
+        self.assertEqual([type(result) for result in results[:3]], [asyncio.CancelledError] * 3)
+        self.assertIsInstance(results[3], datetime.datetime)
+
+
+def version(key: str) -> Version:
+    return Version(key, b"x", 1, "0" * 64, None, datetime.datetime.now(datetime.UTC))
+
+
+def committing(group: CommitGroup) -> asyncio.Future[None]:
+    """Return the task that commits group's rows, in the only event loop it has run in."""
+    (queue,) = group._queues.values()
+    assert queue.committing is not None
+    return queue.committing
+
+
+def run_in_a_loop_of_its_own(
+    test: SimpleTestCase, scenario: Callable[[], Coroutine[Any, Any, T]]
+) -> T:
+    """Return what scenario returns, run in an event loop of its own; fail if it hangs."""
+    outcome: list[T] = []
+    thread = threading.Thread(
+        target=lambda: outcome.append(asyncio.run(scenario())),
+        daemon=True,
+    )
+    thread.start()
+    thread.join(10)
+    test.assertFalse(thread.is_alive(), "a writer is still waiting after 10 s")
+    test.assertEqual(len(outcome), 1, "the scenario raised")
+    return outcome[0]

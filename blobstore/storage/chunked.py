@@ -366,23 +366,56 @@ class CommitGroup:
         answer: asyncio.Future[datetime.datetime | None] = loop.create_future()
         queue.waiting.append((row, answer))
         if queue.committing is None:
-            queue.committing = asyncio.ensure_future(self._run(queue))
+            queue.committing = committing = asyncio.ensure_future(self._run(queue))
+            # Cancelled before it began (its loop closing), it never runs _run's finally.
+            committing.add_done_callback(functools.partial(_release_if_left, queue))
         return await run_to_end(answer)
 
     async def _run(self, queue: _Queue) -> None:
         try:
             while queue.waiting:
                 group, queue.waiting = queue.waiting[:GROUP_LIMIT], queue.waiting[GROUP_LIMIT:]
+                rows = [row for row, _ in group]
+                statement = asyncio.ensure_future(self.commit_many(rows))
                 try:
-                    results = await self.commit_many([row for row, _ in group])
-                except Exception as error:
-                    for _, answer in group:
-                        answer.set_exception(error)
-                else:
-                    for (_, answer), result in zip(group, results, strict=True):
-                        answer.set_result(result)
+                    # To its end even if this task is cancelled: its writers wait to
+                    # hear how it ended, and its work may be in a thread.
+                    await run_to_end(statement)
+                except Exception:
+                    pass  # each writer hears it below
+                finally:
+                    _answer(group, statement)
         finally:
-            queue.committing = None
+            _release(queue)
+
+
+def _answer(
+    group: list[tuple[Version, asyncio.Future[datetime.datetime | None]]],
+    statement: asyncio.Future[list[datetime.datetime | None]],
+) -> None:
+    """Tell each writer of group how statement, which is done, ended for its row."""
+    if statement.cancelled():
+        for _, answer in group:
+            answer.cancel()
+    elif (error := statement.exception()) is not None:
+        for _, answer in group:
+            answer.set_exception(error)
+    else:
+        for (_, answer), result in zip(group, statement.result(), strict=True):
+            answer.set_result(result)
+
+
+def _release(queue: _Queue) -> None:
+    """Let the next writer start a task; cancel the writers whose rows were never sent."""
+    queue.committing = None
+    left, queue.waiting = queue.waiting, []
+    for _, answer in left:
+        answer.cancel()
+
+
+def _release_if_left(queue: _Queue, task: asyncio.Future[None]) -> None:
+    if queue.committing is task:
+        _release(queue)
 
 
 @dataclass(slots=True)
