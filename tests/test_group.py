@@ -6,7 +6,7 @@ import asyncio
 import datetime
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -15,6 +15,7 @@ from django.db import DatabaseError, transaction
 from django.test import SimpleTestCase, TransactionTestCase
 
 from blobstore.storage import ORMStorage, SQLiteStorage
+from blobstore.storage.base import once
 from blobstore.storage.chunked import GROUP_LIMIT, ChunkedStorage, CommitGroup, Version
 
 T = TypeVar("T")
@@ -24,10 +25,6 @@ if TYPE_CHECKING:
     TestCaseMixin = SimpleTestCase
 else:
     TestCaseMixin = object
-
-
-async def one_piece(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 class CommitGroupMixin(TestCaseMixin):
@@ -49,9 +46,7 @@ class CommitGroupMixin(TestCaseMixin):
     async def test_writers_of_one_key_in_a_group_commit_as_if_in_turn(self) -> None:
         storage = self.make_storage()
         groups = count_groups(storage)
-        written = await asyncio.gather(
-            *(storage.write("one", one_piece(b"%d" % i)) for i in range(10))
-        )
+        written = await asyncio.gather(*(storage.write("one", once(b"%d" % i)) for i in range(10)))
         infos = [info for info in written if info is not None]
         self.assertEqual(len(infos), 10)
         self.assertLess(len(groups), 10)  # some of them shared a statement
