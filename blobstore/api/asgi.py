@@ -114,10 +114,6 @@ class BodyChannel:
             await self._body.put(message)
 
 
-class _Answered(Exception):
-    """Ends the task group of a request once its response has gone out."""
-
-
 class ASGIHandler(DjangoASGIHandler):
     """Django's ASGI handler, serving blobstore's API views on the short path."""
 
@@ -165,25 +161,43 @@ class ASGIHandler(DjangoASGIHandler):
             assert refusal is not None  # create_request gives one or the other
             await self.answer_early(refusal, send)
             return
-        response = None
-        try:
-            try:
-                # As Django's handle(): a client that hangs up cancels the view.
-                async with asyncio.TaskGroup() as group:
-                    group.create_task(self.listen_for_disconnect(listened))
-                    response = await self.run_get_response(request)
-                    await self.send_response(response, send)
-                    raise _Answered
-            except* (_Answered, RequestAborted):
-                pass
-        except BaseExceptionGroup as failures:
-            if len(failures.exceptions) == 1:
-                raise failures.exceptions[0] from None
-            raise
+        response = await self.serve(request, listened, send)
         if response is None:
             await signals.request_finished.asend(sender=self.__class__)
         else:
             await self.closer.close(response)
+
+    async def serve(
+        self, request: HttpRequest, listened: Receive, send: Send
+    ) -> HttpResponseBase | None:
+        """Send request's response; return it, or None if the client hung up before the view ended.
+
+        As Django's handle(): a client that hangs up cancels the view. Here one
+        task listens and cancels this one, where Django's starts a task group.
+        """
+        serving = asyncio.current_task()
+        assert serving is not None
+        listener = asyncio.get_running_loop().create_task(self.listen_for_disconnect(listened))
+        hangup = HangUp(serving)
+        listener.add_done_callback(hangup.heard)
+        response = None
+        try:
+            response = await self.run_get_response(request)
+            await self.send_response(response, send)
+        except asyncio.CancelledError:
+            # Only a cancellation of the listener's own, and no other, ends quietly.
+            if not hangup.cancelled_serving or serving.uncancel() > 0:
+                raise
+            failure = listener.exception()
+            if failure is not None and not isinstance(failure, RequestAborted):
+                raise failure from None  # as a task group raises its task's failure
+        else:
+            if hangup.cancelled_serving:  # the view heard the cancellation, and answered
+                serving.uncancel()
+        finally:
+            hangup.over = True
+            listener.cancel()
+        return response
 
     async def answer_early(self, response: HttpResponseBase, send: Send) -> None:
         """Send response to a request that reaches no view, and close it."""
@@ -213,6 +227,23 @@ class ASGIHandler(DjangoASGIHandler):
             # server closes the connection, which tells the client so.
             log_fault(request, exc, fault, outcome="response cut short")
             await sync_to_async(close_broken_connections)()
+
+
+class HangUp:
+    """Cancel a request's task when its disconnect listener ends, unless the request is over."""
+
+    def __init__(self, serving: asyncio.Task[Any]) -> None:
+        self.serving = serving
+        self.over = False
+        self.cancelled_serving = False
+
+    def heard(self, listener: asyncio.Task[None]) -> None:
+        """Cancel the request's task: the client hung up, or the listener failed."""
+        # Scheduled when the listener ended, this may run after the request is over.
+        if self.over or listener.cancelled():
+            return
+        self.cancelled_serving = True
+        self.serving.cancel()
 
 
 class ResponseCloser:
