@@ -21,6 +21,7 @@ from blobstore.storage import BlobStream, DictStorage, ORMStorage, storages
 
 DICT_STORAGE = {"default": {"BACKEND": "blobstore.storage.DictStorage"}}
 MIB = 1024 * 1024
+DISCONNECT = {"type": "http.disconnect"}
 FOREIGN_HOST = "rebind.example"
 
 
@@ -195,6 +196,84 @@ class DisconnectTests(ShortPathTestCase):
         self.assertLessEqual(read, 3)
 
 
+@override_settings(BLOBSTORE_STORAGES=DICT_STORAGE)
+class CancellationTests(ShortPathTestCase):
+    """Who ends a request whose view has not answered: the client, the server, a broken server."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.view_began = asyncio.Event()
+        self.view_cancelled = False
+        self.sent: list[Mapping[str, Any]] = []
+
+        async def stalled_stream(*args: Any, **kwargs: Any) -> BlobStream:
+            self.view_began.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.view_cancelled = True
+                raise
+            raise AssertionError("unreachable")
+
+        patch = mock.patch.object(DictStorage, "stream", stalled_stream)
+        patch.start()
+        self.addCleanup(patch.stop)
+
+    def serve(self, receive: Any) -> asyncio.Task[None]:
+        async def send(message: Mapping[str, Any]) -> None:
+            self.sent.append(message)
+
+        app = get_asgi_application()
+        return asyncio.ensure_future(app(get_scope("/blobs/k", self.token), receive, send))
+
+    async def began(self, serving: asyncio.Task[None]) -> None:
+        """Wait until the view stalls in the storage; fail if the request ends first."""
+        began = asyncio.ensure_future(self.view_began.wait())
+        await asyncio.wait([serving, began], timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        self.assertFalse(serving.done(), "the request ended before its view began")
+        self.assertTrue(began.done(), "the view did not begin within 5 s")
+
+    async def ended(self, serving: asyncio.Task[None]) -> None:
+        """Wait for the request to end by itself, without cancelling it."""
+        await asyncio.wait([serving], timeout=5)
+        self.assertTrue(serving.done(), "the request did not end within 5 s")
+
+    async def test_a_client_that_hangs_up_cancels_the_view_and_is_sent_nothing(self) -> None:
+        finished: list[object] = []
+
+        def count(**kwargs: Any) -> None:
+            finished.append(kwargs["sender"])
+
+        request_finished.connect(count)
+        self.addCleanup(request_finished.disconnect, count)
+        hang_up = asyncio.Event()
+        serving = self.serve(receiving(hang_up))
+        await self.began(serving)
+        hang_up.set()
+        await self.ended(serving)
+        self.assertIsNone(serving.result())  # ends quietly, as Django's handler does
+        self.assertTrue(self.view_cancelled)
+        self.assertEqual(self.sent, [])
+        self.assertEqual(len(finished), 1)
+
+    async def test_a_server_that_cancels_a_request_sees_it_cancelled(self) -> None:
+        serving = self.serve(receiving(asyncio.Event()))  # a client that stays
+        await self.began(serving)
+        serving.cancel()  # as uvicorn does when it shuts down
+        await self.ended(serving)
+        self.assertTrue(serving.cancelled())
+        self.assertTrue(self.view_cancelled)
+
+    async def test_a_message_after_the_body_other_than_a_disconnect_is_raised(self) -> None:
+        serving = self.serve(receiving(self.view_began, {"type": "http.request", "body": b"more"}))
+        # As Django's handler: its listener's failure ends the request, and is raised.
+        await self.ended(serving)
+        with self.assertRaisesMessage(AssertionError, "Invalid ASGI message after request body"):
+            serving.result()
+        self.assertTrue(self.view_cancelled)
+        self.assertEqual(self.sent, [])
+
+
 async def hang_up_after(path: str, token: str, *, body_messages: int) -> int:
     """GET path through blobstore.asgi, hang up after body_messages; return the bytes received."""
     gone = asyncio.Event()
@@ -215,7 +294,13 @@ async def hang_up_after(path: str, token: str, *, body_messages: int) -> int:
                 gone.set()
                 await asyncio.sleep(0.05)  # as a socket whose buffer is full
 
-    scope = {
+    await asyncio.wait_for(get_asgi_application()(get_scope(path, token), receive, send), 30)
+    return received
+
+
+def get_scope(path: str, token: str) -> dict[str, Any]:
+    """Return the scope of a GET of path with token, as uvicorn makes it."""
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -229,5 +314,16 @@ async def hang_up_after(path: str, token: str, *, body_messages: int) -> int:
         "client": ("127.0.0.1", 1),
         "server": ("localhost", 80),
     }
-    await asyncio.wait_for(get_asgi_application()(scope, receive, send), 30)
-    return received
+
+
+def receiving(when: asyncio.Event, then: Mapping[str, Any] = DISCONNECT) -> Any:
+    """Return an ASGI receive that gives an empty body, and once when is set, then."""
+    body = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> Mapping[str, Any]:
+        if body:
+            return body.pop()
+        await when.wait()
+        return then
+
+    return receive
