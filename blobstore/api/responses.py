@@ -218,7 +218,8 @@ async def _upload_slot() -> AsyncIterator[None]:
         freed = loop.create_future()
         slots.freed.append(freed)
         try:
-            await asyncio.wait_for(freed, remaining)
+            async with asyncio.timeout(remaining):
+                await freed
         except TimeoutError:
             pass
         finally:
@@ -260,7 +261,10 @@ async def _body_chunks(request: HttpRequest) -> AsyncIterator[bytes]:
     deadline, progress = loop.time() + timeout, 0
     while True:
         try:
-            message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            # Not wait_for(): on Python 3.11 it swallows a cancellation (the
+            # client's hang-up) that comes as the message does.
+            async with asyncio.timeout(max(deadline - loop.time(), 0)):
+                message = await receive()
         except TimeoutError:
             raise body_too_slow() from None
         if message["type"] == "http.disconnect":
