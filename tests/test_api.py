@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import tempfile
+import time
 from collections.abc import Mapping
 from io import StringIO
 from typing import Any
@@ -638,6 +639,7 @@ class SlowBodyTests(APITestCase):
         for length in (1024, 4 * 1024 * 1024):  # read before the view, and by the view
             for method, path in (("PUT", "/blobs/kept"), ("POST", "/set?key=kept")):
                 with self.subTest(length=length, path=path):
+                    began = time.monotonic()
                     sent = await asgi_messages(
                         method,
                         path,
@@ -646,6 +648,8 @@ class SlowBodyTests(APITestCase):
                         hang_up=True,
                     )
                     self.assertEqual(sent, [])
+                    # Ended by the hang-up, not by BLOBSTORE_BODY_TIMEOUT (30 s).
+                    self.assertLess(time.monotonic() - began, 10)
         self.assertEqual(await self.contents(), {"kept": b"old"})
 
     @override_settings(BLOBSTORE_BODY_TIMEOUT=0.3)
