@@ -358,6 +358,42 @@ def round_ratio(ours: Figure, theirs: Figure) -> float:
     )
 
 
+TARGETS = (
+    # server, operation, connections, the least ratio ours/theirs on the ProxyStore routes
+    ("ours ORM/SQLite", "get", 32, 1.0),
+    ("ours ORM/SQLite", "set", 32, 1.5),
+    ("ours ORM/SQLite", "get", 1, 1.0),
+    ("ours ORM/SQLite", "set", 1, 1.0),
+    ("ours Dict", "get", 32, 0.8),
+    ("ours Dict", "set", 32, 0.8),
+    ("ours ORM/PostgreSQL 2w", "get", 32, 1.0),
+    ("ours ORM/PostgreSQL 2w", "set", 32, 1.0),
+)
+"""Issue 9's targets for this benchmark, besides REST's and the non-2xx."""
+REST_AT_LEAST = 0.8
+"""The least ratio of the REST routes with a token to the ProxyStore routes on one server."""
+
+
+def targets(figures: list[Figure], by_label: dict[str, Server]) -> list[tuple[str, bool]]:
+    """Return each target of issue 9 as a line of text, and whether this run met it."""
+    checks = []
+    wanted = {(server, "proxystore", op, conns): least for server, op, conns, least in TARGETS}
+    for figure in figures:
+        key = (figure.server, figure.routes, figure.operation, figure.connections)
+        least = REST_AT_LEAST if figure.routes == "rest" else wanted.get(key)
+        base = baseline_of(figure, by_label[figure.server], figures)
+        if least is None or base is None:
+            continue
+        ratio = round_ratio(figure, base)
+        checks.append(
+            (f"{figure.server} {figure.routes} {figure.operation} c={figure.connections}: "
+             f"{ratio:.2f}x >= {least}x {base.server} {base.routes}", ratio >= least)
+        )  # fmt: skip
+    failed = sum(figure.failed for figure in figures)
+    checks.append((f"non-2xx responses and socket errors in all figures: {failed}", failed == 0))
+    return checks
+
+
 def table(figures: list[Figure], by_label: dict[str, Server]) -> str:
     lines = [
         "| server | routes | op | conns | req/s | p50 ms | p99 ms | non-2xx | ours/theirs |",
@@ -400,7 +436,11 @@ def main() -> None:
             loads += loads_of(server, Path(scratch))
         measure(loads, wrk, rounds, arguments.duration)
     figures = [load.figure for load in loads]
-    print(table(figures, {server.label: server for server in chosen}))
+    by_label = {server.label: server for server in chosen}
+    print(table(figures, by_label))
+    print("\ntargets (issue 9)")
+    for text, passed in targets(figures, by_label):
+        print(f"  {'PASS' if passed else 'MISS'}  {text}")
     print(
         f"\nwrk -t1, 1 KiB bodies; {rounds} round(s) of {arguments.duration:g} s per figure, "
         f"all servers loaded in turn in each round; {time.monotonic() - started:.0f} s in all. "
