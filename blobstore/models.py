@@ -10,6 +10,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
@@ -171,9 +172,46 @@ class APITokenManager(models.Manager["APIToken"]):
             compiled = _USER_STATEMENTS[cache_key] = (statement, fields)
         return compiled
 
+    async def aheld_permissions(self, secret: str) -> set[str]:
+        """Return the permissions of the user of the token whose secret this is.
+
+        As Django's ModelBackend finds them: the user's own and their groups',
+        each as ``"app_label.codename"``; for an active user who is no superuser.
+        """
+        digest = _digest(secret)
+        rows = await self._permission_statement().read([digest, digest])
+        return {f"{app_label}.{codename}" for app_label, codename in rows}
+
+    def _permission_statement(self) -> Statement:
+        """Return the statement that selects the permissions of a token's user by its digest."""
+        # One statement, compiled once, where ModelBackend compiles two querysets
+        # and runs each through a thread hop on every request.
+        cache_key = (self.db, get_user_model()._meta.label)
+        statement = _PERMISSION_STATEMENTS.get(cache_key)
+        if statement is None:
+            # Here: a site may run blobstore without django.contrib.auth.
+            from django.contrib.auth.models import Permission
+
+            tokens = self.model._meta.get_field("user").related_query_name()
+            query = (
+                Permission.objects.db_manager(self.db)
+                .filter(
+                    Q(**{f"user__{tokens}__digest": _DIGEST_MARK})
+                    | Q(**{f"group__user__{tokens}__digest": _GROUP_DIGEST_MARK})
+                )
+                .values_list("content_type__app_label", "codename")
+                .order_by()  # Permission's ordering would add its columns to DISTINCT
+                .distinct()
+            )
+            statement = Statement(query, [_DIGEST_MARK, _GROUP_DIGEST_MARK])
+            _PERMISSION_STATEMENTS[cache_key] = statement
+        return statement
+
 
 _DIGEST_MARK = "\x00blobstore digest\x00"
+_GROUP_DIGEST_MARK = "\x00blobstore digest, of a group member\x00"
 _USER_STATEMENTS: dict[tuple[str, str], tuple[Statement, list[str]]] = {}
+_PERMISSION_STATEMENTS: dict[tuple[str, str], Statement] = {}
 
 
 class APIToken(models.Model):

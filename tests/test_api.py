@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from django.conf import settings
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.backends import BaseBackend
+from django.contrib.auth.models import Group, Permission, User
 from django.contrib.messages import get_messages
 from django.core.management import CommandError, call_command
 from django.core.signals import request_finished, request_started
@@ -22,6 +23,7 @@ from django.db import close_old_connections
 from django.test import TestCase, override_settings
 from django.utils import timezone
 
+from blobstore.api.auth import MODEL_BACKEND
 from blobstore.asgi import get_asgi_application
 from blobstore.contrib.proxystore import endpoint_uuid
 from blobstore.models import APIToken, BlobChunk
@@ -37,6 +39,13 @@ SMALL_STORAGE = {
     "default": {"BACKEND": "blobstore.storage.DictStorage", "OPTIONS": {"max_object_size": 10}}
 }
 OCTETS = "application/octet-stream"
+
+
+class LetsEveryoneView(BaseBackend):
+    """A site's own backend: every active user may view blobs."""
+
+    def get_user_permissions(self, user_obj: Any, obj: Any = None) -> set[str]:
+        return {"blobstore.view_blob"} if user_obj.is_active else set()
 
 
 def make_user(username: str, *permissions: str, is_active: bool = True) -> User:
@@ -300,6 +309,28 @@ class AccessTests(APITestCase):
                     method, "/blobs/k", b"y" if method == "PUT" else b"", headers=self.auth(user)
                 )
                 self.assertEqual(response.status_code, status)
+
+    async def test_a_group_grants_its_members_its_permissions_while_it_has_them(self) -> None:
+        await self.put("k", b"x")
+        self.assertEqual((await self.get("/blobs/k", user="nobody")).status_code, 403)
+        readers = await Group.objects.acreate(name="readers")
+        await readers.permissions.aadd(await Permission.objects.aget(codename="view_blob"))
+        await self.users["nobody"].groups.aadd(readers)
+        self.assertEqual((await self.get("/blobs/k", user="nobody")).status_code, 200)
+        await readers.permissions.aclear()
+        self.assertEqual((await self.get("/blobs/k", user="nobody")).status_code, 403)
+
+    async def test_a_permission_taken_away_refuses_the_next_request(self) -> None:
+        await self.put("k", b"x")
+        self.assertEqual((await self.get("/blobs/k", user="viewer")).status_code, 200)
+        await self.users["viewer"].user_permissions.aclear()
+        self.assertEqual((await self.get("/blobs/k", user="viewer")).status_code, 403)
+
+    @override_settings(AUTHENTICATION_BACKENDS=[MODEL_BACKEND, "tests.test_api.LetsEveryoneView"])
+    async def test_every_authentication_backend_of_the_site_is_asked(self) -> None:
+        await self.put("k", b"x")
+        self.assertEqual((await self.get("/blobs/k", user="nobody")).status_code, 200)
+        self.assertEqual((await self.put("k", b"y", user="nobody")).status_code, 403)
 
     async def test_session_user_needs_csrf_for_unsafe_methods(self) -> None:
         client = self.async_client_class(enforce_csrf_checks=True)
