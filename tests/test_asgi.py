@@ -205,6 +205,7 @@ class CancellationTests(ShortPathTestCase):
         self.view_began = asyncio.Event()
         self.view_cancelled = False
         self.sent: list[Mapping[str, Any]] = []
+        self.body_files: list[Any] = []
 
         async def stalled_stream(*args: Any, **kwargs: Any) -> BlobStream:
             self.view_began.set()
@@ -224,7 +225,18 @@ class CancellationTests(ShortPathTestCase):
             self.sent.append(message)
 
         app = get_asgi_application()
+        create_request = app.create_request
+
+        def recording_body(scope: dict[str, Any], body_file: Any) -> Any:
+            self.body_files.append(body_file)
+            return create_request(scope, body_file)
+
+        app.create_request = recording_body  # type: ignore[assignment]
         return asyncio.ensure_future(app(get_scope("/blobs/k", self.token), receive, send))
+
+    def assert_body_closed(self) -> None:
+        """Assert that the request's body file was closed, though no response closed it."""
+        self.assertEqual([body.closed for body in self.body_files], [True])
 
     async def began(self, serving: asyncio.Task[None]) -> None:
         """Wait until the view stalls in the storage; fail if the request ends first."""
@@ -255,6 +267,7 @@ class CancellationTests(ShortPathTestCase):
         self.assertTrue(self.view_cancelled)
         self.assertEqual(self.sent, [])
         self.assertEqual(len(finished), 1)
+        self.assert_body_closed()
 
     async def test_a_server_that_cancels_a_request_sees_it_cancelled(self) -> None:
         serving = self.serve(receiving(asyncio.Event()))  # a client that stays
@@ -263,6 +276,7 @@ class CancellationTests(ShortPathTestCase):
         await self.ended(serving)
         self.assertTrue(serving.cancelled())
         self.assertTrue(self.view_cancelled)
+        self.assert_body_closed()
 
     async def test_a_message_after_the_body_other_than_a_disconnect_is_raised(self) -> None:
         serving = self.serve(receiving(self.view_began, {"type": "http.request", "body": b"more"}))
@@ -272,6 +286,7 @@ class CancellationTests(ShortPathTestCase):
             serving.result()
         self.assertTrue(self.view_cancelled)
         self.assertEqual(self.sent, [])
+        self.assert_body_closed()
 
 
 async def hang_up_after(path: str, token: str, *, body_messages: int) -> int:

@@ -159,13 +159,19 @@ class ASGIHandler(DjangoASGIHandler):
         request, refusal = self.create_request(api_scope, body_file)
         if request is None:
             assert refusal is not None  # create_request gives one or the other
+            body_file.close()
             await self.answer_early(refusal, send)
             return
-        response = await self.serve(request, listened, send)
-        if response is None:
-            await signals.request_finished.asend(sender=self.__class__)
-        else:
-            await self.closer.close(response)
+        try:
+            response = await self.serve(request, listened, send)
+            if response is None:
+                await signals.request_finished.asend(sender=self.__class__)
+            else:
+                await self.closer.close(response)
+        finally:
+            # As Django's handle(): closing a response closes its request's body,
+            # but a request that ends without one has nothing else to close it.
+            body_file.close()
 
     async def serve(
         self, request: HttpRequest, listened: Receive, send: Send
