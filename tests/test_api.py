@@ -11,6 +11,7 @@ import time
 from collections.abc import Mapping
 from io import StringIO
 from typing import Any
+from unittest import mock
 from urllib.parse import quote, unquote
 
 from django.conf import settings
@@ -331,6 +332,16 @@ class AccessTests(APITestCase):
         await self.put("k", b"x")
         self.assertEqual((await self.get("/blobs/k", user="nobody")).status_code, 200)
         self.assertEqual((await self.put("k", b"y", user="nobody")).status_code, 403)
+
+    async def test_a_user_model_that_decides_permissions_its_own_way_is_asked(self) -> None:
+        await self.put("k", b"x")
+
+        async def refuses(user: User, perm: str, obj: Any = None) -> bool:
+            return False
+
+        with mock.patch.object(User, "ahas_perm", refuses):
+            self.assertEqual((await self.get("/blobs/k", user="viewer")).status_code, 403)
+        self.assertEqual((await self.get("/blobs/k", user="viewer")).status_code, 200)
 
     async def test_session_user_needs_csrf_for_unsafe_methods(self) -> None:
         client = self.async_client_class(enforce_csrf_checks=True)

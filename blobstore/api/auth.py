@@ -95,13 +95,21 @@ async def _has_perms(user: User, permissions: list[str], secret: str | None) -> 
     if (
         secret is not None
         and not user.is_superuser
-        and isinstance(user, PermissionsMixin)
+        and _decides_as_django_does(type(user))
         and list(settings.AUTHENTICATION_BACKENDS) == [MODEL_BACKEND]
     ):
         # What ModelBackend would answer, in one prepared statement.
         held = await APIToken.objects.aheld_permissions(secret)
         return all(permission in held for permission in permissions)
     return bool(await user.ahas_perms(permissions))
+
+
+def _decides_as_django_does(user_model: type) -> bool:
+    """Return whether user_model asks its backends for permissions as PermissionsMixin does."""
+    return issubclass(user_model, PermissionsMixin) and all(
+        getattr(user_model, name) is getattr(PermissionsMixin, name)
+        for name in ("ahas_perm", "ahas_perms")
+    )
 
 
 async def _session_user(request: HttpRequest) -> User:
