@@ -8,7 +8,9 @@ from typing import Any
 from unittest import mock
 
 import httpx
-from django.contrib.auth.models import User
+from asgiref.sync import sync_to_async
+from django.contrib.auth.models import Permission, User
+from django.core.asgi import get_asgi_application as django_asgi_application
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
@@ -18,6 +20,7 @@ from blobstore.api.checks import check_api_middleware
 from blobstore.asgi import ASGIHandler, get_asgi_application
 from blobstore.models import APIToken
 from blobstore.storage import BlobStream, DictStorage, ORMStorage, storages
+from tests.hostsite import settings as hostsite
 
 DICT_STORAGE = {"default": {"BACKEND": "blobstore.storage.DictStorage"}}
 MIB = 1024 * 1024
@@ -163,6 +166,43 @@ class MiddlewareCheckTests(SimpleTestCase):
         security = "django.middleware.security.SecurityMiddleware"
         with override_settings(MIDDLEWARE=[security], SECURE_SSL_REDIRECT=False):
             self.assertEqual(check_api_middleware(), [])
+
+
+@override_settings(
+    BLOBSTORE_STORAGES=DICT_STORAGE,
+    MIDDLEWARE=hostsite.MIDDLEWARE,
+    ALLOWED_HOSTS=hostsite.ALLOWED_HOSTS,
+    ROOT_URLCONF=hostsite.ROOT_URLCONF,
+)
+class HostSiteRESTTests(ShortPathTestCase):
+    """The REST routes in a new project's site, through Django's own handler and its middleware."""
+
+    def http(self, host: str = "localhost", app: Any = None) -> httpx.AsyncClient:
+        return super().http(host, app or django_asgi_application())
+
+    async def test_a_token_user_with_permissions_writes_and_reads_with_attributes(self) -> None:
+        user = await User.objects.acreate_user("writer", password="pw")
+        await user.user_permissions.aset(
+            [
+                permission
+                async for permission in Permission.objects.filter(
+                    codename__in=["view_blob", "add_blob", "change_blob"]
+                )
+            ]
+        )
+        _, secret = await sync_to_async(APIToken.objects.create_token)(user)
+        headers = {"Authorization": f"Bearer {secret}", "X-Blobstore-Meta-Shot-At": "dawn"}
+        async with self.http() as http:
+            created = await http.put("/blobs/a.txt", content=b"hi", headers=headers)
+            self.assertEqual(created.status_code, 201, created.text)  # past CsrfViewMiddleware
+            self.assertEqual(created.json()["metadata"], {"shot-at": "dawn"})
+            read = await http.get("/blobs/a.txt", headers=headers)
+            self.assertEqual((read.status_code, read.content), (200, b"hi"))
+            self.assertEqual(read.headers["X-Blobstore-Meta-Shot-At"], "dawn")
+            refused = await http.delete("/blobs/a.txt", headers=headers)
+            self.assertEqual(refused.status_code, 403)
+            self.assertIn("delete_blob", refused.json()["error"])
+        self.assertEqual(await storages["default"].get("a.txt"), b"hi")
 
 
 class DisconnectTests(ShortPathTestCase):

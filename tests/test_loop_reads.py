@@ -16,7 +16,7 @@ from unittest import mock
 
 import httpx
 from asgiref.sync import async_to_sync, sync_to_async
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, Permission, User
 from django.core.signals import request_finished
 from django.db import close_old_connections, connections, transaction
 from django.test import SimpleTestCase, TestCase, TransactionTestCase, override_settings
@@ -196,6 +196,29 @@ class TokenLoopReadTests(TransactionTestCase):
         user.save()
         APIToken.objects.filter(pk=token.pk).update(revoked=timezone.now())
         self.assertIsNone(asyncio.run(holder()))
+
+    def test_a_tokens_permissions_are_read_on_a_servers_loop_and_changes_seen_at_once(
+        self,
+    ) -> None:
+        user = User.objects.create_user("member", password="pw")
+        _, secret = APIToken.objects.create_token(user)
+        view, add = (Permission.objects.get(codename=name) for name in ("view_blob", "add_blob"))
+        user.user_permissions.add(view)
+        writers = Group.objects.create(name="writers")
+        writers.permissions.add(add)
+        user.groups.add(writers)
+
+        async def held() -> set[str]:
+            permissions = await APIToken.objects.aheld_permissions(secret)
+            self.assertTrue(await read_on_the_loop())
+            await close_connections()
+            return permissions
+
+        self.assertEqual(asyncio.run(held()), {"blobstore.view_blob", "blobstore.add_blob"})
+        writers.permissions.clear()
+        self.assertEqual(asyncio.run(held()), {"blobstore.view_blob"})
+        user.user_permissions.clear()
+        self.assertEqual(asyncio.run(held()), set())
 
 
 class ORMStorageCallerTransactionTests(TestCase):
