@@ -21,10 +21,11 @@ from django.contrib.messages import get_messages
 from django.core.management import CommandError, call_command
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
-from django.test import TestCase, override_settings
+from django.test import RequestFactory, SimpleTestCase, TestCase, override_settings
 from django.utils import timezone
 
 from blobstore.api.auth import MODEL_BACKEND
+from blobstore.api.responses import LARGE_BODY, APIError, RequestBody, _slots, request_body
 from blobstore.asgi import get_asgi_application
 from blobstore.contrib.proxystore import endpoint_uuid
 from blobstore.models import APIToken, BlobChunk
@@ -776,3 +777,42 @@ async def asgi_messages(
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
     return sent
+
+
+@override_settings(BLOBSTORE_MAX_UPLOADS=1)
+class UploadSlotTests(SimpleTestCase):
+    """Large bodies wait for one of BLOBSTORE_MAX_UPLOADS slots; one that gives up takes none."""
+
+    def large_body(self) -> RequestBody:
+        request = RequestFactory().put("/blobs/k", CONTENT_LENGTH=str(LARGE_BODY + 1))
+        return request_body(request, None, "default")
+
+    async def test_a_waiter_cancelled_takes_no_slot_and_the_next_one_gets_it(self) -> None:
+        holder = self.large_body()
+        await holder.__aenter__()
+        waiting = asyncio.ensure_future(self.large_body().__aenter__())
+        await asyncio.sleep(0.01)
+        self.assertFalse(waiting.done())  # the one slot is held
+        waiting.cancel()  # the client hung up while it waited
+        with self.assertRaises(asyncio.CancelledError):
+            await waiting
+        await holder.__aexit__(None, None, None)
+        slots = _slots[asyncio.get_running_loop()]
+        self.assertEqual((slots.taken, slots.freed), (0, []))
+        after = self.large_body()
+        await asyncio.wait_for(after.__aenter__(), 1)  # at once: no slot was lost
+        await after.__aexit__(None, None, None)
+
+    async def test_a_waiter_that_gets_no_slot_in_time_is_503(self) -> None:
+        holder = self.large_body()
+        await holder.__aenter__()
+        try:
+            with (
+                mock.patch("blobstore.api.responses.UPLOAD_SLOT_WAIT", 0.05),
+                self.assertRaises(APIError) as refused,
+            ):
+                await self.large_body().__aenter__()
+        finally:
+            await holder.__aexit__(None, None, None)
+        self.assertEqual(refused.exception.status, 503)
+        self.assertEqual(_slots[asyncio.get_running_loop()].taken, 0)
