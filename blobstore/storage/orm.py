@@ -230,14 +230,15 @@ class ORMStorage(ChunkedStorage):
     async def _select(self, columns: tuple[str, ...], key: str) -> list[tuple[Any, ...]]:
         """Return the given columns of the live row of key, as a list of at most one row."""
         statement = self._selects.get(columns) or self._compile_select(columns)
-        return await statement.read([key, _db_time(timezone.now(), statement.connection)])
+        rows = await statement.read([key])
+        # Expiry is judged here, not in SQL: the key is unique, so at most one
+        # row comes, and the database's form of "now" costs more than the row.
+        now = timezone.now()
+        return [row[:-1] for row in rows if row[-1] is None or row[-1] > now]
 
     def _compile_select(self, columns: tuple[str, ...]) -> Statement:
-        query = self.blobs.filter(key=_KEY_MARK).filter(Q(expires=None) | Q(expires__gt=_TIME_MARK))
-        marks = [_KEY_MARK, _db_time(_TIME_MARK, connections[self.using])]
-        statement = self._selects[columns] = Statement(
-            query.values_list(*(columns or ["pk"])), marks
-        )
+        query = self.blobs.filter(key=_KEY_MARK).values_list(*columns, "expires")
+        statement = self._selects[columns] = Statement(query, [_KEY_MARK])
         return statement
 
     def _upsert_many(self, rows: list[Version]) -> list[datetime.datetime | None]:
@@ -387,7 +388,6 @@ class ORMStorage(ChunkedStorage):
 
 
 _KEY_MARK = "\x00blobstore key\x00"
-_TIME_MARK = datetime.datetime(1111, 11, 11, 11, 11, 11, 111111, datetime.UTC)
 
 
 class _ChunkReader:
@@ -598,13 +598,6 @@ def _busy(error: DatabaseError) -> bool:
     if code is not None:
         return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return getattr(cause, "sqlstate", None) in _RETRIED_SQLSTATES
-
-
-def _db_time(moment: datetime.datetime, connection: BaseDatabaseWrapper) -> Any:
-    """Return moment as connection's database takes it in the expires column."""
-    from blobstore.models import Blob
-
-    return Blob._meta.get_field("expires").get_db_prep_value(moment, connection)
 
 
 def _aware(connection: BaseDatabaseWrapper, value: datetime.datetime | str) -> datetime.datetime:
