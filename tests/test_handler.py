@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.core.checks import Error
 from django.core.exceptions import ImproperlyConfigured
@@ -94,6 +96,34 @@ class StorageHandlerTests(SimpleTestCase):
         self.assertIsNot(after, inside)
         self.assertIsNot(after, first)
         self.assertIsInstance(after, ORMStorage)
+
+    def test_a_change_of_the_setting_closes_the_instances_it_forgets(self) -> None:
+        sqlite = {"default": {"BACKEND": "blobstore.storage.SQLiteStorage"}}
+        with override_settings(BLOBSTORE_STORAGES=sqlite):
+            opened = storages["default"]
+            assert isinstance(opened, SQLiteStorage)
+            async_to_sync(opened.set)("k", b"v")
+            connection = opened._db
+            self.assertIsNotNone(connection)
+        self.assertIsNone(opened._db)
+        assert connection is not None
+        with self.assertRaisesMessage(ValueError, "no active connection"):
+            connection._conn  # noqa: B018  # aiosqlite's own word for a closed connection
+
+    def test_a_change_on_a_running_event_loop_closes_them_on_it(self) -> None:
+        async def change_settings_on_a_loop() -> tuple[SQLiteStorage, bool]:
+            with override_settings(BLOBSTORE_STORAGES=sqlite):
+                opened = storages["default"]
+                assert isinstance(opened, SQLiteStorage)
+                await opened.set("k", b"v")
+            open_at_once = opened._db is not None
+            await asyncio.sleep(0.05)  # the closing runs on this loop, as soon as it may
+            return opened, open_at_once
+
+        sqlite = {"default": {"BACKEND": "blobstore.storage.SQLiteStorage"}}
+        opened, open_at_once = async_to_sync(change_settings_on_a_loop)()
+        self.assertTrue(open_at_once)
+        self.assertIsNone(opened._db)
 
     def test_unknown_alias_names_the_alias(self) -> None:
         with self.assertRaisesMessage(InvalidStorageError, "'nope'"):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.utils.module_loading import import_string
 
 from blobstore.conf import conf
@@ -57,9 +59,14 @@ class StorageHandler:
         return _build(alias, params)
 
     def reset(self) -> None:
-        """Forget the configuration and every instance, to read the setting again."""
+        """Forget the configuration and close every instance, to read the setting again."""
+        forgotten = list(self._storages.values())
         self._backends = None
         self._storages = {}
+        for storage in forgotten:
+            # As Django closes its caches on a change of CACHES: a forgotten
+            # SQLiteStorage would keep its connection and thread until collected.
+            _close(storage)
 
 
 def _checked_backends(backends: object) -> Mapping[str, Any]:
@@ -115,5 +122,20 @@ def _build(alias: str, params: object) -> Storage:
         )
     return storage
 
+
+def _close(storage: Storage) -> None:
+    """Close storage: at once, or on this thread's running event loop as soon as it may."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        async_to_sync(storage.close)()
+        return
+    closing = loop.create_task(storage.close())
+    _closing.add(closing)
+    closing.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()
+"""The closings under way, kept from the garbage collector until they end."""
 
 storages = StorageHandler()
