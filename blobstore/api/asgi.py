@@ -19,7 +19,8 @@ ways only:
 - a body larger than ``BODY_PROGRESS`` (64 KiB), or of unknown length, is not
   gathered first: the view reads it from the connection as it arrives, so that
   a body over the storage's limit is refused as soon as it is over. A smaller
-  one is read whole before the view runs, as Django reads every body. Either
+  one is read whole before the view runs, as Django reads every body, but into
+  memory rather than a temporary file. Either
   way, a body that stops arriving ends with 408 (``BLOBSTORE_BODY_TIMEOUT``).
 - ``request_started`` is not sent: its receivers are synchronous, a thread hop
   before the view could start.
@@ -144,7 +145,7 @@ class ASGIHandler(DjangoASGIHandler):
             try:
                 # Less than BODY_PROGRESS bytes in a timeout's time is too slow, as in a view.
                 async with asyncio.timeout(conf.BLOBSTORE_BODY_TIMEOUT):
-                    body_file = await self.read_body(receive)
+                    body_file = await read_small_body(receive)
             except RequestAborted:
                 return  # as Django's handle(): the client left before its body was whole
             except TimeoutError:
@@ -394,6 +395,23 @@ class APIResponseHandler(BaseHandler):
                 raise
             return fault
         return response
+
+
+async def read_small_body(receive: Receive) -> io.BytesIO:
+    """Return a small body (its Content-Length, which the server holds it to), read whole.
+
+    In memory, where Django's read_body() makes a temporary file that a
+    cancellation (the body timeout) would leave open.
+    """
+    body = io.BytesIO()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestAborted
+        body.write(message.get("body", b""))
+        if not message.get("more_body", False):
+            body.seek(0)
+            return body
 
 
 def _small_body(scope: Scope) -> bool:
