@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from asgiref.sync import async_to_sync
 from django.db import connections
 from django.db.migrations.executor import MigrationExecutor
-from django.test import SimpleTestCase, TestCase, TransactionTestCase
+from django.test import SimpleTestCase, TestCase, TransactionTestCase, override_settings
+from django.utils import timezone
 
 from blobstore.storage import BlobInfo, DictStorage, ORMStorage, SQLiteStorage
 from blobstore.storage.base import MAX_METADATA_SIZE, OCTET_STREAM
@@ -204,6 +205,25 @@ class ORMAttributeTests(AttributeTests, TestCase):
 
     def make_storage(self) -> AnyStorage:
         return ORMStorage(using=self.using, max_object_size=None)
+
+    @override_settings(USE_TZ=False, TIME_ZONE="Europe/Paris")
+    async def test_expiry_holds_without_use_tz(self) -> None:
+        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+        await self.storage.write("later", chunked(b"x", 1), expires=later)
+        await self.storage.write("gone", chunked(b"x", 1), expires=soon(0.1))
+        await asyncio.sleep(0.15)
+        self.assertEqual(await self.storage.get("later"), b"x")
+        self.assertTrue(await self.storage.exists("later"))
+        info = await self.storage.stat("later")
+        assert info is not None and info.expires is not None
+        # The moment it was given (in local time, naive, on SQLite; aware on PostgreSQL).
+        expires = info.expires
+        self.assertEqual(
+            expires if timezone.is_naive(expires) else timezone.make_naive(expires),
+            timezone.make_naive(later),
+        )
+        self.assertIsNone(await self.storage.get("gone"))
+        self.assertFalse(await self.storage.exists("gone"))
 
 
 class ORMPostgreSQLAttributeTests(ORMAttributeTests):

@@ -234,7 +234,7 @@ class ORMStorage(ChunkedStorage):
         # Expiry is judged here, not in SQL: the key is unique, so at most one
         # row comes, and the database's form of "now" costs more than the row.
         now = timezone.now()
-        return [row[:-1] for row in rows if row[-1] is None or row[-1] > now]
+        return [row[:-1] for row in rows if _live(row[-1], now)]
 
     def _compile_select(self, columns: tuple[str, ...]) -> Statement:
         query = self.blobs.filter(key=_KEY_MARK).values_list(*columns, "expires")
@@ -345,7 +345,7 @@ class ORMStorage(ChunkedStorage):
             "version": row.version,
             "content_type": row.attributes.content_type,
             "metadata": dict(row.attributes.metadata),
-            "expires": row.attributes.expires,
+            "expires": _as_field_takes(row.attributes.expires, connections[self.using]),
         }
         return _prepared(self.blobs.model, connections[self.using], values)
 
@@ -598,6 +598,30 @@ def _busy(error: DatabaseError) -> bool:
     if code is not None:
         return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
     return getattr(cause, "sqlstate", None) in _RETRIED_SQLSTATES
+
+
+def _live(expires: datetime.datetime | None, now: datetime.datetime) -> bool:
+    """Return whether a blob that expires at expires, as the database gave it, is live at now."""
+    if expires is None:
+        return True
+    if timezone.is_aware(expires) and timezone.is_naive(now):
+        # Without USE_TZ, psycopg's binary results are still aware.
+        expires = timezone.make_naive(expires)
+    return expires > now
+
+
+def _as_field_takes(
+    moment: datetime.datetime | None, connection: BaseDatabaseWrapper
+) -> datetime.datetime | None:
+    """Return an aware moment as connection's DateTimeField takes it.
+
+    Without USE_TZ, a database with no time zones (SQLite) takes local time,
+    naive, and Django refuses an aware one; PostgreSQL takes the aware moment
+    whatever its session's time zone.
+    """
+    if moment is None or settings.USE_TZ or connection.features.supports_timezones:
+        return moment
+    return timezone.make_naive(moment)
 
 
 def _aware(connection: BaseDatabaseWrapper, value: datetime.datetime | str) -> datetime.datetime:
