@@ -27,7 +27,14 @@ from django.test import RequestFactory, SimpleTestCase, TestCase, override_setti
 from django.utils import timezone
 
 from blobstore.api.auth import MODEL_BACKEND
-from blobstore.api.responses import LARGE_BODY, APIError, RequestBody, _slots, request_body
+from blobstore.api.responses import (
+    EXPIRES_HEADER,
+    LARGE_BODY,
+    APIError,
+    RequestBody,
+    _slots,
+    request_body,
+)
 from blobstore.asgi import get_asgi_application
 from blobstore.contrib.proxystore import endpoint_uuid
 from blobstore.models import APIToken, BlobChunk
@@ -117,6 +124,20 @@ class BlobRouteTests(APITestCase):
         replaced = await self.put("doc.txt", b"bye")
         self.assertEqual(replaced.status_code, 200)
         self.assertEqual(await self.contents(), {"doc.txt": b"bye"})
+
+    def test_without_use_tz_put_creates_then_replaces_and_keeps_its_expiry(self) -> None:
+        expires = "Wed, 21 Oct 2099 07:28:00 GMT"
+        headers = {**self.auth(), EXPIRES_HEADER: expires}
+        # Changed on the thread of the database connections, which Django then
+        # sets to the new time zone (an async test changes its loop's thread).
+        with override_settings(USE_TZ=False, TIME_ZONE="Europe/Paris"):
+            responses = [
+                self.client.put("/blobs/later", body, content_type=OCTETS, headers=headers)
+                for body in (b"x", b"y")
+            ]
+            read = self.client.get("/blobs/later", headers=self.auth())
+        self.assertEqual([response.status_code for response in responses], [201, 200])
+        self.assertEqual((read.status_code, read[EXPIRES_HEADER]), (200, expires))
 
     async def test_of_clients_creating_one_key_at_once_one_hears_201(self) -> None:
         with tempfile.TemporaryDirectory() as folder:

@@ -206,10 +206,19 @@ class ORMAttributeTests(AttributeTests, TestCase):
     def make_storage(self) -> AnyStorage:
         return ORMStorage(using=self.using, max_object_size=None)
 
-    @override_settings(USE_TZ=False, TIME_ZONE="Europe/Paris")
-    async def test_expiry_holds_without_use_tz(self) -> None:
+    def test_expiry_holds_without_use_tz(self) -> None:
+        # Changed on the thread whose connections the storage uses, which Django
+        # then sets to the new time zone (an async test changes its loop's thread).
+        with override_settings(USE_TZ=False, TIME_ZONE="Europe/Paris"):
+            async_to_sync(self.expiry_holds)()
+
+    async def expiry_holds(self) -> None:
         later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
-        await self.storage.write("later", chunked(b"x", 1), expires=later)
+        written = await self.storage.write("later", chunked(b"x", 1), expires=later)
+        # A new key: created when updated (the REST API's 201), both in local time, naive.
+        assert written is not None
+        self.assertEqual(written.created, written.updated)
+        self.assertTrue(timezone.is_naive(written.updated))
         await self.storage.write("gone", chunked(b"x", 1), expires=soon(0.1))
         await asyncio.sleep(0.15)
         self.assertEqual(await self.storage.get("later"), b"x")

@@ -256,7 +256,7 @@ class ORMStorage(ChunkedStorage):
         # One statement is a transaction of its own (or a part of the caller's):
         # no BEGIN and COMMIT to wait for.
         found = dict(execute(connection, sql, params))
-        return [_aware(connection, found[row.key]) if row.key in found else None for row in rows]
+        return [_as_django_gives(found[row.key]) if row.key in found else None for row in rows]
 
     def _upsert_sql(self, table: str, values: list[str], *, rows: int) -> str:
         """Return the statement that inserts, or replaces unchunked and live, rows of values."""
@@ -602,12 +602,7 @@ def _busy(error: DatabaseError) -> bool:
 
 def _live(expires: datetime.datetime | None, now: datetime.datetime) -> bool:
     """Return whether a blob that expires at expires, as the database gave it, is live at now."""
-    if expires is None:
-        return True
-    if timezone.is_aware(expires) and timezone.is_naive(now):
-        # Without USE_TZ, psycopg's binary results are still aware.
-        expires = timezone.make_naive(expires)
-    return expires > now
+    return expires is None or _as_django_gives(expires) > now
 
 
 def _as_field_takes(
@@ -624,13 +619,17 @@ def _as_field_takes(
     return timezone.make_naive(moment)
 
 
-def _aware(connection: BaseDatabaseWrapper, value: datetime.datetime | str) -> datetime.datetime:
-    """Return a DateTimeField's value as the database gave it, as an aware datetime."""
+def _as_django_gives(value: datetime.datetime | str) -> datetime.datetime:
+    """Return a DateTimeField's value, as the database gave it raw, as Django's queries give it.
+
+    Aware in UTC with USE_TZ; in local time, naive, without it.
+    """
     if isinstance(value, str):  # SQLite keeps ISO text
         value = datetime.datetime.fromisoformat(value)
-    if timezone.is_naive(value):
-        return timezone.make_aware(value, datetime.UTC if settings.USE_TZ else None)
-    return value
+    if settings.USE_TZ:
+        return value if timezone.is_aware(value) else timezone.make_aware(value, datetime.UTC)
+    # psycopg's binary results are aware whatever USE_TZ says.
+    return timezone.make_naive(value) if timezone.is_aware(value) else value
 
 
 def _uuid(value: uuid.UUID | str) -> uuid.UUID:
