@@ -50,6 +50,7 @@ from blobstore.storage.statement import (
     cursor_for,
     execute,
     in_memory,
+    naive_local,
 )
 
 if TYPE_CHECKING:
@@ -234,7 +235,7 @@ class ORMStorage(ChunkedStorage):
         # Expiry is judged here, not in SQL: the key is unique, so at most one
         # row comes, and the database's form of "now" costs more than the row.
         now = timezone.now()
-        return [row[:-1] for row in rows if _live(row[-1], now)]
+        return [row[:-1] for row in rows if row[-1] is None or row[-1] > now]
 
     def _compile_select(self, columns: tuple[str, ...]) -> Statement:
         query = self.blobs.filter(key=_KEY_MARK).values_list(*columns, "expires")
@@ -600,11 +601,6 @@ def _busy(error: DatabaseError) -> bool:
     return getattr(cause, "sqlstate", None) in _RETRIED_SQLSTATES
 
 
-def _live(expires: datetime.datetime | None, now: datetime.datetime) -> bool:
-    """Return whether a blob that expires at expires, as the database gave it, is live at now."""
-    return expires is None or _as_django_gives(expires) > now
-
-
 def _as_field_takes(
     moment: datetime.datetime | None, connection: BaseDatabaseWrapper
 ) -> datetime.datetime | None:
@@ -628,8 +624,8 @@ def _as_django_gives(value: datetime.datetime | str) -> datetime.datetime:
         value = datetime.datetime.fromisoformat(value)
     if settings.USE_TZ:
         return value if timezone.is_aware(value) else timezone.make_aware(value, datetime.UTC)
-    # psycopg's binary results are aware whatever USE_TZ says.
-    return timezone.make_naive(value) if timezone.is_aware(value) else value
+    local: datetime.datetime = naive_local(value)  # psycopg's binary results are aware
+    return local
 
 
 def _uuid(value: uuid.UUID | str) -> uuid.UUID:

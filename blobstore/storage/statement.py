@@ -6,12 +6,15 @@ statements on: they move bytes as bytes, and keep no copy of them.
 
 from __future__ import annotations
 
+import datetime
 import re
 import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.utils import timezone
 
 from blobstore.storage.loop import loop_reader, postgresql_reader
 
@@ -57,7 +60,7 @@ class Statement:
         elif connection.vendor == "postgresql" and _psycopg3(connection):
             rows = await postgresql_reader.fetchall(connection, self.sql, self.parameters(values))
             if rows is not None:
-                return rows  # binary results are Python values already, as in run()
+                return in_django_time(rows)  # binary results are Python values, as in run()
         return await sync_to_async(self.run)(values)
 
     def run(self, values: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -68,7 +71,7 @@ class Statement:
         rows = execute(connection, self.sql, self.parameters(values))
         if binary_postgresql(connection):
             # psycopg's binary results are Python values already (jsonb a dict).
-            return rows
+            return in_django_time(rows)
         return self.converted(rows)
 
     def parameters(self, values: Sequence[Any]) -> list[Any]:
@@ -83,6 +86,23 @@ class Statement:
         if not rows:
             return rows
         return [tuple(row) for row in self.compiler.apply_converters(rows, self.converters)]
+
+
+def in_django_time(rows: list[Any]) -> list[Any]:
+    """Return psycopg's binary rows with their datetimes as Django gives them.
+
+    psycopg's binary datetimes are aware whatever USE_TZ says.
+    """
+    if settings.USE_TZ:
+        return rows
+    return [tuple(naive_local(value) for value in row) for row in rows]
+
+
+def naive_local(value: Any) -> Any:
+    """Return value, if an aware datetime, as Django gives it without USE_TZ: local, naive."""
+    if isinstance(value, datetime.datetime) and timezone.is_aware(value):
+        return timezone.make_naive(value)
+    return value
 
 
 def in_memory(connection: BaseDatabaseWrapper) -> bool:
