@@ -168,7 +168,7 @@ class APITokenManager(models.Manager["APIToken"]):
             query = user_model._default_manager.db_manager(self.db).filter(
                 **{f"{tokens}__digest": _DIGEST_MARK, f"{tokens}__revoked": None}
             )
-            statement = Statement(query.values_list(*fields), [_DIGEST_MARK])
+            statement = Statement(query.values_list(*fields), [_DIGEST_MARK], reused=True)
             compiled = _USER_STATEMENTS[cache_key] = (statement, fields)
         return compiled
 
@@ -203,7 +203,7 @@ class APITokenManager(models.Manager["APIToken"]):
                 .order_by()  # Permission's ordering would add its columns to DISTINCT
                 .distinct()
             )
-            statement = Statement(query, [_DIGEST_MARK, _GROUP_DIGEST_MARK])
+            statement = Statement(query, [_DIGEST_MARK, _GROUP_DIGEST_MARK], reused=True)
             _PERMISSION_STATEMENTS[cache_key] = statement
         return statement
 

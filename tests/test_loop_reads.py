@@ -28,6 +28,7 @@ from blobstore.models import APIToken
 from blobstore.storage import ORMStorage, SQLiteStorage, storages
 from blobstore.storage.loop import (
     LOOP_CONNECTIONS,
+    REUSED_RESULTS,
     LoopReader,
     for_sync_caller,
     loop_reader,
@@ -85,6 +86,76 @@ class LoopReaderTests(SimpleTestCase):
 
         self.assertEqual(async_to_sync(read)(), (True, None))
         self.assertEqual(asyncio.run(read()), (False, [(b"\x01",)]))
+
+
+class ReusedResultTests(SimpleTestCase):
+    SELECT = "SELECT v FROM t WHERE k = ?"
+
+    def setUp(self) -> None:
+        scratch = tempfile.TemporaryDirectory()
+        self.addCleanup(scratch.cleanup)
+        self.path = sqlite_file(scratch.name, "wal")
+        self.reader = LoopReader()
+        self.conversions = 0
+
+    def convert(self, rows: list[Any]) -> list[Any]:
+        self.conversions += 1
+        return [value for (value,) in rows]
+
+    def read(self, key: str = "a") -> Any:
+        return self.reader.fetchall_reused(self.path, self.SELECT, (key,), self.convert)
+
+    def commit(self, sql: str) -> None:
+        with sqlite3.connect(self.path) as writer:
+            writer.execute(sql)
+        writer.close()
+
+    def test_a_result_is_kept_until_another_connection_commits(self) -> None:
+        self.assertEqual([self.read(), self.read(), self.read("b")], [[b"\x01"], [b"\x01"], []])
+        self.assertEqual(self.conversions, 2)  # once for each key
+        self.commit("UPDATE t SET v = x'02' WHERE k = 'a'")
+        self.assertEqual([self.read(), self.read()], [[b"\x02"], [b"\x02"]])
+        self.assertEqual(self.conversions, 3)
+        self.commit("INSERT INTO t VALUES ('b', x'03')")  # any change, to any row
+        self.assertEqual([self.read("b"), self.read()], [[b"\x03"], [b"\x02"]])
+        self.assertEqual(self.conversions, 5)
+
+    def test_a_commit_while_a_result_is_read_is_seen_by_the_next_read(self) -> None:
+        for number, statement in enumerate(("PRAGMA data_version", "SELECT"), start=2):
+            with self.subTest(commit_as=statement):
+                self.reader = LoopReader()  # nothing kept: both statements run
+                update = f"UPDATE t SET v = x'0{number}' WHERE k = 'a'"
+                committed = self.commit_as_it_begins(statement, update)
+                self.read()
+                self.assertEqual(len(committed), 1)
+                self.assertEqual(self.read(), [bytes([number])])
+
+    def commit_as_it_begins(self, statement: str, sql: str) -> list[str]:
+        """Commit sql on another connection as the reader's first such statement begins."""
+        self.assertIsNotNone(self.reader.fetchall(self.path, "SELECT 1", ()))  # opens it
+        connection = self.reader._loop_reader(self.path).connection  # type: ignore[union-attr]
+        committed: list[str] = []
+
+        def commit(started: str) -> None:
+            if started.startswith(statement) and not committed:
+                self.commit(sql)
+                committed.append(started)
+
+        connection.set_trace_callback(commit)
+        return committed
+
+    def test_at_most_so_many_results_are_kept(self) -> None:
+        for number in range(REUSED_RESULTS + 1):
+            self.read(str(number))
+        kept = self.reader._loop_reader(self.path).results  # type: ignore[union-attr]
+        self.assertEqual(len(kept), 1)
+
+    def test_code_run_for_a_synchronous_caller_reads_through_its_own_connection(self) -> None:
+        async def read() -> Any:
+            return self.read()
+
+        self.assertIsNone(async_to_sync(read)())
+        self.assertEqual(asyncio.run(read()), [b"\x01"])
 
 
 class ORMStorageLoopReadTests(TransactionTestCase):
@@ -196,6 +267,33 @@ class TokenLoopReadTests(TransactionTestCase):
         user.save()
         APIToken.objects.filter(pk=token.pk).update(revoked=timezone.now())
         self.assertIsNone(asyncio.run(holder()))
+
+    def test_a_tokens_user_is_read_again_only_when_the_database_has_changed(self) -> None:
+        user = User.objects.create_user("reader", password="pw")
+        _, secret = APIToken.objects.create_token(user)
+        statements: list[str] = []
+        on_sqlite = connections["default"].vendor == "sqlite"
+
+        async def look_up_twice() -> list[Any]:
+            first = await APIToken.objects.aactive_user(secret)
+            path = str(connections["default"].settings_dict["NAME"])
+            reader = loop_reader._loop_reader(path)
+            self.assertEqual(reader is not None, on_sqlite)
+            if reader is not None:
+                reader.connection.set_trace_callback(statements.append)
+            try:
+                found = [first, await APIToken.objects.aactive_user(secret)]
+            finally:
+                if reader is not None:
+                    reader.connection.set_trace_callback(None)
+            await close_connections()
+            return found
+
+        first, second = asyncio.run(look_up_twice())
+        self.assertEqual((first.pk, second.pk), (user.pk, user.pk))
+        self.assertIsNot(first, second)  # a user of its own for each request
+        # On SQLite the rows are kept; PostgreSQL has no data_version, and reads each time.
+        self.assertEqual(statements, ["PRAGMA data_version"] if on_sqlite else [])
 
     def test_a_tokens_permissions_are_read_on_a_servers_loop_and_changes_seen_at_once(
         self,

@@ -27,9 +27,9 @@ import pathlib
 import sqlite3
 import threading
 import weakref
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from asgiref.sync import AsyncToSync
 
@@ -43,6 +43,12 @@ def for_sync_caller() -> bool:
     return getattr(AsyncToSync.executors, "current", None) is not None
 
 
+_Rows = TypeVar("_Rows")
+
+REUSED_RESULTS = 256
+"""The most results a thread keeps of one file for :meth:`LoopReader.fetchall_reused`."""
+
+
 class LoopReader:
     """A read-only connection per thread to SQLite files in WAL mode."""
 
@@ -51,21 +57,66 @@ class LoopReader:
 
     def fetchall(self, path: str, sql: str, params: Sequence[Any]) -> list[Any] | None:
         """Return the rows of sql on the file at path, or None where the loop may not read."""
-        if for_sync_caller():
-            return None
-        reader = self._reader(path)
+        reader = self._loop_reader(path)
         if reader is None:
             return None
         try:
-            return reader.execute(sql, params).fetchall()
+            return reader.connection.execute(sql, params).fetchall()
         except sqlite3.Error:
             return None
 
-    def _reader(self, path: str) -> sqlite3.Connection | None:
-        opened: dict[str, sqlite3.Connection | None] = self._local.__dict__.setdefault("opened", {})
+    def fetchall_reused(
+        self, path: str, sql: str, params: Sequence[Any], convert: Callable[[list[Any]], _Rows]
+    ) -> _Rows | None:
+        """Return convert(rows of sql), kept while no commit changes the file; or None as fetchall.
+
+        For small results read on most requests (an API token's user): until
+        the file changes, their rows cost a look at SQLite's ``data_version``.
+        The result is shared: callers must not change it.
+        """
+        reader = self._loop_reader(path)
+        if reader is None:
+            return None
+        try:
+            return reader.reused(sql, tuple(params), convert)
+        except sqlite3.Error:
+            return None
+
+    def _loop_reader(self, path: str) -> _WALReader | None:
+        if for_sync_caller():
+            return None
+        opened: dict[str, _WALReader | None] = self._local.__dict__.setdefault("opened", {})
         if path not in opened:
-            opened[path] = _open_wal(path)
+            connection = _open_wal(path)
+            opened[path] = None if connection is None else _WALReader(connection)
         return opened[path]
+
+
+@dataclass(eq=False)
+class _WALReader:
+    """A read-only connection to one file, and the results it keeps while the file is unchanged."""
+
+    connection: sqlite3.Connection
+    version: int | None = None
+    results: dict[tuple[str, tuple[Any, ...]], Any] = field(default_factory=dict)
+
+    def reused(
+        self, sql: str, params: tuple[Any, ...], convert: Callable[[list[Any]], _Rows]
+    ) -> _Rows:
+        # data_version changes when any other connection commits to the file,
+        # and this one never writes. Read before the rows, it can only be
+        # older than they are: a commit in between drops them at the next call.
+        (version,) = self.connection.execute("PRAGMA data_version").fetchone()
+        if version != self.version:
+            self.results.clear()
+            self.version = version
+        key = (sql, params)
+        if key not in self.results:
+            if len(self.results) >= REUSED_RESULTS:
+                self.results.clear()
+            self.results[key] = convert(self.connection.execute(sql, params).fetchall())
+        result: _Rows = self.results[key]
+        return result
 
 
 def _open_wal(path: str) -> sqlite3.Connection | None:

@@ -29,10 +29,14 @@ class Statement:
     Compiling a queryset costs more than running it on a key; this keeps the
     SQL and Django's converters, and puts each call's values in the places
     of the marks the query was built with (as the database takes them).
+    A reused statement's rows, for small results read on most requests, are
+    kept by a server's SQLite loop reader until a commit changes the file
+    (:meth:`~blobstore.storage.loop.LoopReader.fetchall_reused`).
     """
 
-    def __init__(self, query: QuerySet[Any], marks: Sequence[Any]) -> None:
+    def __init__(self, query: QuerySet[Any], marks: Sequence[Any], *, reused: bool = False) -> None:
         self.using = str(query.db)
+        self.reused = reused
         self.compiler = query.query.get_compiler(self.using)
         self.sql, params = self.compiler.as_sql()
         self.params = list(params)
@@ -54,9 +58,15 @@ class Statement:
         connection = self.connection
         if connection.vendor == "sqlite" and not in_memory(connection):
             path = str(connection.settings_dict["NAME"])
-            rows = loop_reader.fetchall(path, self.qmark_sql, self.parameters(values))
-            if rows is not None:
-                return self.converted(rows)
+            params = self.parameters(values)
+            if self.reused:
+                kept = loop_reader.fetchall_reused(path, self.qmark_sql, params, self.converted)
+                if kept is not None:
+                    return kept
+            else:
+                rows = loop_reader.fetchall(path, self.qmark_sql, params)
+                if rows is not None:
+                    return self.converted(rows)
         elif connection.vendor == "postgresql" and _psycopg3(connection):
             rows = await postgresql_reader.fetchall(connection, self.sql, self.parameters(values))
             if rows is not None:
