@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.db import connections
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse
 
 BUSY_RETRY_AFTER = 1
 """Seconds a client waits before it asks again a database that was busy."""
@@ -47,7 +47,7 @@ class Fault:
     message: str
     retry_after: int | None = None
 
-    def response(self) -> JsonResponse:
+    def response(self) -> HttpResponse:
         """Return the JSON error response that tells the client."""
         # blobstore.api.responses imports this module: its helper is imported when needed.
         from blobstore.api.responses import error
@@ -135,7 +135,7 @@ def _classify_psycopg(exc: BaseException) -> Fault | None:
     return UNREACHABLE if lost else None
 
 
-async def fault_response(request: HttpRequest, exc: BaseException) -> JsonResponse | None:
+async def fault_response(request: HttpRequest, exc: BaseException) -> HttpResponse | None:
     """Return the response a storage failure means, logged once; None if exc is a bug.
 
     A connection that the failure broke is closed, so that the next request
