@@ -95,6 +95,33 @@ class LiveAPITests(LiveAPITestCase):
         bad = httpx.get(f"{self.site.url}/blobs/", headers={"Authorization": "Bearer bs_x"})
         self.assertEqual(bad.status_code, 401)
 
+    def test_a_change_to_a_token_or_its_user_holds_from_the_next_request(self) -> None:
+        # The server keeps a token's rows while its SQLite file is unchanged;
+        # a change made by another process must be seen by the next request.
+        self.change("User.objects.create_superuser('ex', password='pw')")
+        secret = self.site.manage("blobstore", "token", "ex").strip()
+        headers = {"Authorization": f"Bearer {secret}"}
+        self.assertEqual(self.http.put("ex", content=b"x", headers=headers).status_code, 201)
+        for _ in range(2):  # the token's rows read, then kept
+            self.assertEqual(self.http.get("ex", headers=headers).status_code, 200)
+        steps = [
+            ("User.objects.filter(username='ex').update(is_active=False)", 401),
+            ("User.objects.filter(username='ex').update(is_active=True)", 200),
+            ("APIToken.objects.filter(user__username='ex').update(revoked=timezone.now())", 401),
+        ]
+        for change, status in steps:
+            with self.subTest(change=change):
+                self.change(change)
+                self.assertEqual(self.http.get("ex", headers=headers).status_code, status)
+
+    def change(self, statement: str) -> None:
+        """Run statement in another process, on the site's database."""
+        imports = (
+            "from django.contrib.auth.models import User; from django.utils import timezone; "
+            "from blobstore.models import APIToken; "
+        )
+        self.site.manage("shell", "-c", imports + statement)
+
     def test_proxystore_endpoint_connector_and_store(self) -> None:
         home = self.site.directory / "proxystore"
         self.site.manage(
