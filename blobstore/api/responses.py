@@ -24,7 +24,7 @@ from blobstore.api.faults import UNREACHABLE_RETRY_AFTER, fault_response
 from blobstore.conf import conf
 from blobstore.exceptions import ObjectSizeExceededError, size_limit_advice
 from blobstore.sizes import format_size
-from blobstore.storage.base import BlobInfo, BlobStream, validate_key
+from blobstore.storage.base import BlobInfo, BlobStream, has_control_character, validate_key
 
 READ_CHUNK_SIZE = 1024 * 1024
 INLINE_RESPONSE_SIZE = 1024 * 1024
@@ -380,7 +380,7 @@ def bounded_number(text: str, ceiling: int) -> int | None:
 
 def without_controls(name: str, text: str) -> str:
     """Return text, or raise APIError (400) if it has a control character, as no key has."""
-    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+    if has_control_character(text):
         raise APIError(400, f"{name} must not contain control characters; no key has them.")
     return text
 

@@ -399,6 +399,11 @@ async def once(blob: bytes | memoryview) -> AsyncIterator[bytes | memoryview]:
     yield blob
 
 
+def has_control_character(text: str) -> bool:
+    """Return whether text holds a control character (U+0000 to U+001F, U+007F), as no key does."""
+    return _CONTROL.search(text) is not None
+
+
 def validate_key(key: object) -> str:
     """Return key if it is a valid key, or raise TypeError or ValueError."""
     if not isinstance(key, str):
@@ -407,7 +412,7 @@ def validate_key(key: object) -> str:
         # Printable ASCII is every ASCII character but the controls.
         if 0 < len(key) <= MAX_KEY_LENGTH and key.isprintable():
             return key
-    elif key and _utf8_length(key) <= MAX_KEY_LENGTH and not _CONTROL.search(key):
+    elif key and _utf8_length(key) <= MAX_KEY_LENGTH and not has_control_character(key):
         return key
     raise ValueError(
         f"A key must be 1 to {MAX_KEY_LENGTH} bytes of UTF-8 text with no control character; "
@@ -530,7 +535,7 @@ def validate_listing(prefix: object, after: object, limit: object) -> None:
     for name, value in (("prefix", prefix), ("after", after)):
         if not isinstance(value, str):
             raise TypeError(f"{name} must be a str, not {type(value).__name__}.")
-        if not _is_utf8(value) or _CONTROL.search(value):
+        if not _is_utf8(value) or has_control_character(value):
             # No key holds a control character; PostgreSQL refuses NUL in any text.
             raise ValueError(
                 f"{name} must be Unicode text with no control character; "

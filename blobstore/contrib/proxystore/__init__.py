@@ -29,6 +29,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
 from blobstore.conf import conf
+from blobstore.storage.base import has_control_character
 
 DEFAULT_ALLOWED_CLIENTS = ("127.0.0.0/8", "::1")
 DEFAULT_PREFIX = "proxystore/"
@@ -70,7 +71,7 @@ def allowed_networks() -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, .
 def key_prefix() -> str:
     """Return the prefix that turns ProxyStore's key k into the blob key prefix + k."""
     prefix = _setting().get("PREFIX", DEFAULT_PREFIX)
-    if not isinstance(prefix, str) or _has_control_character(prefix):
+    if not isinstance(prefix, str) or has_control_character(prefix):
         raise ImproperlyConfigured(
             f"BLOBSTORE_PROXYSTORE['PREFIX'] must be a string with no control character, "
             f"not {prefix!r}."
@@ -89,12 +90,6 @@ def storage_alias() -> str:
             f"not {alias!r}."
         )
     return alias
-
-
-@functools.lru_cache(maxsize=8)
-def _has_control_character(text: str) -> bool:
-    # Cached: asked of the same prefix on every request.
-    return any(ord(char) < 0x20 or ord(char) == 0x7F for char in text)
 
 
 @functools.lru_cache(maxsize=8)
