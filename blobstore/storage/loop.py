@@ -57,13 +57,7 @@ class LoopReader:
 
     def fetchall(self, path: str, sql: str, params: Sequence[Any]) -> list[Any] | None:
         """Return the rows of sql on the file at path, or None where the loop may not read."""
-        reader = self._loop_reader(path)
-        if reader is None:
-            return None
-        try:
-            return reader.connection.execute(sql, params).fetchall()
-        except sqlite3.Error:
-            return None
+        return self._read(path, lambda reader: reader.connection.execute(sql, params).fetchall())
 
     def fetchall_reused(
         self, path: str, sql: str, params: Sequence[Any], convert: Callable[[list[Any]], _Rows]
@@ -74,11 +68,15 @@ class LoopReader:
         the file changes, their rows cost a look at SQLite's ``data_version``.
         The result is shared: callers must not change it.
         """
+        return self._read(path, lambda reader: reader.reused(sql, tuple(params), convert))
+
+    def _read(self, path: str, read: Callable[[_WALReader], _Rows]) -> _Rows | None:
+        """Return what read gives on the file's reader, or None where the loop may not read."""
         reader = self._loop_reader(path)
         if reader is None:
             return None
         try:
-            return reader.reused(sql, tuple(params), convert)
+            return read(reader)
         except sqlite3.Error:
             return None
 
