@@ -106,11 +106,7 @@ class RaceSite:
 
     def start(self) -> None:
         """Migrate, make an API token, start the server, and wait until it answers."""
-        self.secret = subprocess.run(
-            [sys.executable, "-m", "django", "shell", "-c", _PREPARE],
-            cwd=ROOT, env=self.environment, capture_output=True, text=True, timeout=60,
-            check=True,
-        ).stdout.split()[-1]  # fmt: skip
+        self.secret = self.shell(_PREPARE).split()[-1]
         with self.log_path.open("wb") as log:
             self.server = subprocess.Popen(
                 self.command, cwd=ROOT, env=self.environment, stdout=log, stderr=subprocess.STDOUT
@@ -125,6 +121,14 @@ class RaceSite:
             except httpx.TransportError:
                 time.sleep(0.2)
         raise RuntimeError(f"the site did not answer within 30 s:\n{self.log()}")
+
+    def shell(self, code: str) -> str:
+        """Run code in the site's ``manage.py shell``, a process of its own; return its output."""
+        return subprocess.run(
+            [sys.executable, "-m", "django", "shell", "-c", code],
+            cwd=ROOT, env=self.environment, capture_output=True, text=True, timeout=60,
+            check=True,
+        ).stdout  # fmt: skip
 
     def stop(self) -> None:
         if self.server is not None:

@@ -1,20 +1,25 @@
-"""The API of the demo site under uvicorn, driven by httpx and by ProxyStore's own client."""
+"""The API under uvicorn (the demo site, a new project's), driven by httpx and ProxyStore."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
 import os
 import socket
+import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 import httpx
+from django.test import SimpleTestCase
 from proxystore.connectors.endpoint import EndpointConnector
 from proxystore.store import Store
 
 from tests.live import LiveAPITestCase
+from tests.races_site import RaceSite
 
 
 class LiveAPITests(LiveAPITestCase):
@@ -96,31 +101,8 @@ class LiveAPITests(LiveAPITestCase):
         self.assertEqual(bad.status_code, 401)
 
     def test_a_change_to_a_token_or_its_user_holds_from_the_next_request(self) -> None:
-        # The server keeps a token's rows while its SQLite file is unchanged;
-        # a change made by another process must be seen by the next request.
-        self.change("User.objects.create_superuser('ex', password='pw')")
-        secret = self.site.manage("blobstore", "token", "ex").strip()
-        headers = {"Authorization": f"Bearer {secret}"}
-        self.assertEqual(self.http.put("ex", content=b"x", headers=headers).status_code, 201)
-        for _ in range(2):  # the token's rows read, then kept
-            self.assertEqual(self.http.get("ex", headers=headers).status_code, 200)
-        steps = [
-            ("User.objects.filter(username='ex').update(is_active=False)", 401),
-            ("User.objects.filter(username='ex').update(is_active=True)", 200),
-            ("APIToken.objects.filter(user__username='ex').update(revoked=timezone.now())", 401),
-        ]
-        for change, status in steps:
-            with self.subTest(change=change):
-                self.change(change)
-                self.assertEqual(self.http.get("ex", headers=headers).status_code, status)
-
-    def change(self, statement: str) -> None:
-        """Run statement in another process, on the site's database."""
-        imports = (
-            "from django.contrib.auth.models import User; from django.utils import timezone; "
-            "from blobstore.models import APIToken; "
-        )
-        self.site.manage("shell", "-c", imports + statement)
+        shell = functools.partial(self.site.manage, "shell", "-c")
+        assert_token_changes_hold(self, shell, f"{self.site.url}/blobs/")
 
     def test_proxystore_endpoint_connector_and_store(self) -> None:
         home = self.site.directory / "proxystore"
@@ -146,3 +128,48 @@ class LiveAPITests(LiveAPITestCase):
             self.assertIsNone(connector.get(absent))
         finally:
             store.close()
+
+
+class HostSiteTokenTests(SimpleTestCase):
+    """A new project's site under uvicorn, through Django's own handler, its SQLite file in WAL."""
+
+    def test_a_change_to_a_token_or_its_user_holds_from_the_next_request(self) -> None:
+        site = RaceSite("tests.hostsite.settings", "tests.hostsite.asgi:application")
+        self.addCleanup(site.stop)
+        site.start()
+        # WAL, which stays with the file: the server keeps a token's rows only then.
+        with contextlib.closing(sqlite3.connect(site.sqlite_path)) as database:
+            (mode,) = database.execute("PRAGMA journal_mode=WAL").fetchone()
+        self.assertEqual(mode, "wal")
+        assert_token_changes_hold(self, site.shell, f"{site.url}/blobs/")
+
+
+def assert_token_changes_hold(
+    test: SimpleTestCase, shell: Callable[[str], str], api_url: str
+) -> None:
+    """Assert that a token user's deactivation, reactivation and revocation hold at once.
+
+    shell runs Python in another process, on the site's database. The server
+    keeps a token's rows while its SQLite file is unchanged: each change must
+    be seen by the next request all the same.
+    """
+    imports = (
+        "from django.contrib.auth.models import User; from django.utils import timezone; "
+        "from blobstore.models import APIToken; "
+    )
+    make_token = "user = User.objects.create_superuser('ex', password='pw'); "
+    secret = shell(imports + make_token + "print(APIToken.objects.create_token(user)[1])")
+    headers = {"Authorization": f"Bearer {secret.split()[-1]}"}
+    with httpx.Client(base_url=api_url, headers=headers, timeout=60) as http:
+        test.assertEqual(http.put("ex", content=b"x").status_code, 201)
+        for _ in range(2):  # the token's rows read, then kept
+            test.assertEqual(http.get("ex").status_code, 200)
+        steps = [
+            ("User.objects.filter(username='ex').update(is_active=False)", 401),
+            ("User.objects.filter(username='ex').update(is_active=True)", 200),
+            ("APIToken.objects.filter(user__username='ex').update(revoked=timezone.now())", 401),
+        ]
+        for change, status in steps:
+            with test.subTest(change=change):
+                shell(imports + change)
+                test.assertEqual(http.get("ex").status_code, status)
