@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import tempfile
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from unittest import mock
 
 import httpx
+import psycopg
 from asgiref.sync import async_to_sync, sync_to_async
 from django.contrib.auth.models import Group, Permission, User
 from django.core.signals import request_finished
@@ -35,6 +37,8 @@ from blobstore.storage.loop import (
     postgresql_reader,
 )
 from tests.test_cancellation import drive
+
+T = TypeVar("T")
 
 
 def sqlite_file(directory: str, journal_mode: str) -> str:
@@ -228,6 +232,60 @@ class PostgreSQLLoopConnectionTests(TransactionTestCase):
         self.assertLessEqual(opened, LOOP_CONNECTIONS)
         self.assertEqual(after, [b"two"] * 32)
 
+    def test_reads_given_up_while_others_wait_leave_each_read_its_own_rows(self) -> None:
+        wrapper = connections["postgres"]
+        select = "SELECT %s::text"
+
+        async def scenario() -> tuple[list[Any], list[Any], list[bool]]:
+            await postgresql_reader.fetchall(wrapper, select, ["warm"])
+            reads = [
+                asyncio.ensure_future(postgresql_reader.fetchall(wrapper, select, [str(n)]))
+                for n in range(12)
+            ]
+            await asyncio.sleep(0)  # each read is sent, and waits for its rows
+            for read in reads[::2]:
+                read.cancel()
+            kept = await asyncio.gather(*reads[1::2])
+            after = [await postgresql_reader.fetchall(wrapper, select, ["after"])]
+            broken = [task.result().broken for task in postgresql_reader.connections()]
+            await close_connections()
+            return kept, after, broken
+
+        kept, after, broken = asyncio.run(within_seconds(20, scenario()))
+        self.assertEqual(kept, [[(str(n),)] for n in range(1, 12, 2)])
+        self.assertEqual(after, [[("after",)]])
+        self.assertFalse(any(broken), "no read fell back to Django's connection")
+
+    def test_a_failed_statement_or_a_terminated_backend_gives_way_to_a_new_connection(
+        self,
+    ) -> None:
+        wrapper = connections["postgres"]
+        select = "SELECT %s::text"
+
+        async def pipeline_pid() -> int:
+            (opening,) = postgresql_reader.connections()
+            return int((await opening).pgconn.backend_pid)
+
+        async def scenario() -> list[Any]:
+            seen: list[Any] = [await postgresql_reader.fetchall(wrapper, select, ["one"])]
+            first = await pipeline_pid()
+            seen.append(await postgresql_reader.fetchall(wrapper, "SELECT 1 / %s", [0]))
+            seen.append(await postgresql_reader.fetchall(wrapper, select, ["two"]))
+            second = await pipeline_pid()
+            await sync_to_async(terminate, thread_sensitive=False)(second)
+            # The first read after it is told, and leaves it; the next opens another.
+            seen.append(await postgresql_reader.fetchall(wrapper, select, ["three"]))
+            seen.append(await postgresql_reader.fetchall(wrapper, select, ["four"]))
+            third = await pipeline_pid()
+            await close_connections()
+            seen.append(len({first, second, third}))
+            return seen
+
+        self.assertEqual(
+            asyncio.run(within_seconds(20, scenario())),
+            [[("one",)], None, [("two",)], None, [("four",)], 3],
+        )
+
 
 async def read_on_the_loop() -> bool:
     """Return whether this event loop has read the default database on a connection of its own."""
@@ -236,6 +294,20 @@ async def read_on_the_loop() -> bool:
         return loop_reader._local.__dict__.get("opened", {}).get(str(settings["NAME"])) is not None
     opened = postgresql_reader.connections()
     return any(task.done() and task.result() is not None for task in opened)
+
+
+async def within_seconds(seconds: float, scenario: Awaitable[T]) -> T:
+    """Return what scenario gives, or raise TimeoutError: a read that never ends fails the test."""
+    async with asyncio.timeout(seconds):
+        return await scenario
+
+
+def terminate(pid: int) -> None:
+    """End the PostgreSQL backend pid, as an administrator would, and wait until it is gone."""
+    params = connections["postgres"].get_connection_params()
+    params.pop("cursor_factory", None)
+    with psycopg.connect(**params, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
 
 
 async def close_connections() -> None:

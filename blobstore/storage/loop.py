@@ -22,8 +22,11 @@ caller reads through Django's connection as before (which reports the error).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import itertools
 import pathlib
+import re
 import sqlite3
 import threading
 import weakref
@@ -140,18 +143,19 @@ LOOP_CONNECTIONS = 4
 
 @dataclass(eq=False)
 class _Slot:
-    """One of a loop's connections to a database, as it opens, and its reads under way."""
+    """One of a loop's pipelines to a database, as it opens, and its reads under way."""
 
-    opening: asyncio.Task[Any]
+    opening: asyncio.Task[_Pipeline | None]
     reads: int = 0
 
 
 class PostgreSQLLoopReader:
     """Async psycopg connections per event loop and database, opened as reads need them.
 
-    A connection runs one statement at a time: a read goes to the one with
-    the fewest under way, and while every one is busy a new one opens, up to
-    LOOP_CONNECTIONS.
+    Each connection is a pipeline (:class:`_Pipeline`): reads go out at once
+    and their results come back in order. A read goes to the connection with
+    the fewest under way, and while every one has some, a new one opens, up
+    to LOOP_CONNECTIONS, so that PostgreSQL runs them in as many backends.
     """
 
     def __init__(self) -> None:
@@ -170,17 +174,19 @@ class PostgreSQLLoopReader:
 
         slot = self._slot(wrapper)
         slot.reads += 1
+        pipeline = None
         try:
             # Shared by the reads that come while it opens; a cancelled one leaves it opening.
-            connection = await run_to_end(slot.opening)
-            if connection is not None:
-                # To its end even if the caller is cancelled: the connection is shared.
-                return await run_to_end(_fetchall(connection, sql, params))
+            pipeline = await run_to_end(slot.opening)
+            if pipeline is not None:
+                # A cancelled read drops its result when it comes: the pipeline stays in step.
+                return await pipeline.fetchall(sql, params)
         except Exception:
             pass  # the caller's connection reads instead, and reports what went wrong
         finally:
             slot.reads -= 1
-        await self._forget(wrapper, slot)  # the next read opens another
+        if pipeline is None or pipeline.broken:
+            await self._forget(wrapper, slot)  # the next read opens another
         return None
 
     async def close(self) -> None:
@@ -216,10 +222,12 @@ def _identity(wrapper: BaseDatabaseWrapper) -> tuple[Any, ...]:
     return (settings["HOST"], settings["PORT"], settings["NAME"], settings["USER"])
 
 
-async def _connect(wrapper: BaseDatabaseWrapper) -> psycopg.AsyncConnection[Any] | None:
-    """Return an async connection as Django would open wrapper's, or None if none opens."""
+async def _connect(wrapper: BaseDatabaseWrapper) -> _Pipeline | None:
+    """Return a pipeline on a connection opened as Django would open wrapper's, or None."""
     import psycopg
 
+    if not psycopg.Pipeline.is_supported():
+        return None  # a libpq older than 14: reads go through Django's connection
     params = wrapper.get_connection_params()
     params.pop("cursor_factory", None)  # Django's is a synchronous cursor
     try:
@@ -231,22 +239,157 @@ async def _connect(wrapper: BaseDatabaseWrapper) -> psycopg.AsyncConnection[Any]
         )
     except psycopg.Error:
         return None
-    return connection
+    return _Pipeline(connection)
 
 
-async def _fetchall(
-    connection: psycopg.AsyncConnection[Any], sql: str, params: Sequence[Any]
-) -> list[Any]:
-    async with connection.cursor(binary=True) as cursor:
-        await cursor.execute(sql, params, binary=True)
-        return await cursor.fetchall() if cursor.description else []
+@dataclass(eq=False)
+class _Sent:
+    """A command sent down a pipeline: its read's future, or None for a prepare or a sync."""
+
+    future: asyncio.Future[list[Any]] | None = None
+    transformer: Any = None
+
+
+_SYNC = _Sent()
+
+
+class _Pipeline:
+    """An async connection in libpq's pipeline mode: reads go out at once, results come in order.
+
+    One callback on the socket hands each result to its read's future, many
+    in one wakeup under load, where a cursor would wait for each statement in
+    turn with a task and a reader of its own. A read whose caller is
+    cancelled only drops its result: the connection stays in step. Any error
+    breaks the pipeline, and fails every read in it; its callers read
+    through Django's connection instead, which reports the error.
+    """
+
+    def __init__(self, connection: psycopg.AsyncConnection[Any]) -> None:
+        self.connection = connection
+        self.pgconn = connection.pgconn
+        self.socket = self.pgconn.socket
+        self.loop = asyncio.get_running_loop()
+        self.prepared: dict[tuple[str, tuple[int, ...]], bytes] = {}
+        self.sent: collections.deque[_Sent] = collections.deque()
+        self.results: list[Any] = []  # of the command at the head of sent, so far
+        self.writing = False
+        self.failure: Exception | None = None
+        self.pgconn.nonblocking = 1
+        self.pgconn.enter_pipeline_mode()
+        self.loop.add_reader(self.socket, self._receive)
+
+    def fetchall(self, sql: str, params: Sequence[Any]) -> asyncio.Future[list[Any]]:
+        """Send sql, prepared once; return the future of its rows, in binary."""
+        from psycopg.adapt import PyFormat, Transformer
+
+        if self.failure is not None:
+            raise self.failure
+        transformer = Transformer(self.connection)
+        values = transformer.dump_sequence(params, [PyFormat.AUTO] * len(params))
+        types = tuple(transformer.types or ())
+        name = self.prepared.get((sql, types))
+        if name is None:
+            name = self.prepared[sql, types] = f"blobstore_{len(self.prepared)}".encode()
+            self.pgconn.send_prepare(name, _numbered(sql).encode(), param_types=types)
+            self.sent.append(_Sent())
+        self.pgconn.send_query_prepared(
+            name, values, param_formats=transformer.formats, result_format=_BINARY
+        )
+        self.pgconn.pipeline_sync()
+        read = _Sent(self.loop.create_future(), transformer)
+        self.sent += (read, _SYNC)
+        self._flush()
+        assert read.future is not None
+        return read.future
+
+    @property
+    def broken(self) -> bool:
+        """Return whether an error has ended the pipeline."""
+        return self.failure is not None
+
+    def _flush(self) -> None:
+        # Non-blocking: what the socket does not take now goes when it is writable.
+        if self.pgconn.flush() and not self.writing:
+            self.writing = True
+            self.loop.add_writer(self.socket, self._write)
+
+    def _write(self) -> None:
+        try:
+            if not self.pgconn.flush():
+                self.loop.remove_writer(self.socket)
+                self.writing = False
+        except Exception as failure:
+            self._break(failure)
+
+    def _receive(self) -> None:
+        from psycopg import pq
+
+        try:
+            self.pgconn.consume_input()
+            while not self.pgconn.is_busy():
+                result = self.pgconn.get_result()
+                if result is None:
+                    if not self.results:
+                        break  # nothing more has arrived
+                    # Left at the head until settled: a failure fails its read too.
+                    self._settle(self.sent[0], self.results)
+                    self.sent.popleft()
+                    self.results = []
+                elif result.status == pq.ExecStatus.PIPELINE_SYNC:
+                    self.sent.popleft()
+                else:
+                    self.results.append(result)
+        except Exception as failure:
+            self._break(failure)
+
+    @staticmethod
+    def _settle(sent: _Sent, results: list[Any]) -> None:
+        import psycopg
+        from psycopg import pq
+
+        (result,) = results
+        if result.status not in {pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK}:
+            message = (result.error_message or b"").decode(errors="replace")
+            raise psycopg.OperationalError(message or f"pipeline command ended {result.status!r}")
+        if sent.future is None or sent.future.done():  # a prepare, or a read given up
+            return
+        sent.transformer.set_pgresult(result)
+        sent.future.set_result(sent.transformer.load_rows(0, result.ntuples, tuple))
+
+    def _break(self, failure: Exception) -> None:
+        if self.failure is None:
+            self.failure = failure
+            self.loop.remove_reader(self.socket)
+            if self.writing:
+                self.loop.remove_writer(self.socket)
+        for sent in self.sent:
+            if sent.future is not None and not sent.future.done():
+                sent.future.set_exception(failure)
+        self.sent.clear()
+
+    async def close(self) -> None:
+        """Fail the reads under way and close the connection."""
+        import psycopg
+
+        self._break(psycopg.OperationalError("the pipeline is closed"))
+        await self.connection.close()
+
+
+_BINARY = 1
+"""libpq's result format for binary values."""
+
+
+def _numbered(sql: str) -> str:
+    """Return sql with PostgreSQL's numbered placeholders for Django's %s (and % for %%)."""
+    numbers = itertools.count(1)
+    return re.sub(r"%[s%]", lambda mark: "%" if mark[0] == "%%" else f"${next(numbers)}", sql)
 
 
 async def _close(opening: asyncio.Task[Any]) -> None:
     with contextlib.suppress(Exception):
-        connection = await opening
-        if connection is not None:
-            await connection.close()
+        pipeline = await opening
+        if pipeline is not None:
+            await pipeline.close()
 
 
 loop_reader = LoopReader()
