@@ -32,6 +32,7 @@ from blobstore.storage.loop import (
     LOOP_CONNECTIONS,
     REUSED_RESULTS,
     LoopReader,
+    _Pipeline,
     for_sync_caller,
     loop_reader,
     postgresql_reader,
@@ -285,6 +286,26 @@ class PostgreSQLLoopConnectionTests(TransactionTestCase):
             asyncio.run(within_seconds(20, scenario())),
             [[("one",)], None, [("two",)], None, [("four",)], 3],
         )
+
+    def test_statements_are_prepared_where_the_sites_options_ask_for_it(self) -> None:
+        wrapper = connections["postgres"]
+        prepared = "SELECT count(*)::int FROM pg_prepared_statements WHERE name LIKE %s"
+
+        async def count_prepared(options: dict[str, Any]) -> list[Any]:
+            params = {**wrapper.get_connection_params(), **options}
+            params.pop("cursor_factory", None)
+            connection = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+            pipeline = _Pipeline(connection)
+            try:
+                return [await pipeline.fetchall(prepared, ["blobstore%"]) for _ in range(2)]
+            finally:
+                await pipeline.close()
+
+        # Django's default: none (PgBouncer in transaction mode could not keep them).
+        self.assertEqual(asyncio.run(count_prepared({})), [[(0,)], [(0,)]])
+        # Prepared before it runs, the statement counts itself.
+        prepared_after_5 = asyncio.run(count_prepared({"prepare_threshold": 5}))
+        self.assertEqual(prepared_after_5, [[(1,)], [(1,)]])
 
 
 async def read_on_the_loop() -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import pathlib
 import re
@@ -287,14 +288,19 @@ class _Pipeline:
         transformer = Transformer(self.connection)
         values = transformer.dump_sequence(params, [PyFormat.AUTO] * len(params))
         types = tuple(transformer.types or ())
-        name = self.prepared.get((sql, types))
-        if name is None:
-            name = self.prepared[sql, types] = f"blobstore_{len(self.prepared)}".encode()
-            self.pgconn.send_prepare(name, _numbered(sql).encode(), param_types=types)
-            self.sent.append(_Sent())
-        self.pgconn.send_query_prepared(
-            name, values, param_formats=transformer.formats, result_format=_BINARY
-        )
+        formats = transformer.formats
+        if self.connection.prepare_threshold is None:
+            # The site's OPTIONS ask for no prepared statements (PgBouncer in transaction mode).
+            self.pgconn.send_query_params(
+                _numbered(sql), values, types, formats, result_format=_BINARY
+            )
+        else:
+            name = self.prepared.get((sql, types))
+            if name is None:
+                name = self.prepared[sql, types] = f"blobstore_{len(self.prepared)}".encode()
+                self.pgconn.send_prepare(name, _numbered(sql), param_types=types)
+                self.sent.append(_Sent())
+            self.pgconn.send_query_prepared(name, values, formats, result_format=_BINARY)
         self.pgconn.pipeline_sync()
         read = _Sent(self.loop.create_future(), transformer)
         self.sent += (read, _SYNC)
@@ -379,10 +385,12 @@ _BINARY = 1
 """libpq's result format for binary values."""
 
 
-def _numbered(sql: str) -> str:
+@functools.lru_cache(maxsize=256)
+def _numbered(sql: str) -> bytes:
     """Return sql with PostgreSQL's numbered placeholders for Django's %s (and % for %%)."""
     numbers = itertools.count(1)
-    return re.sub(r"%[s%]", lambda mark: "%" if mark[0] == "%%" else f"${next(numbers)}", sql)
+    marks = re.sub(r"%[s%]", lambda mark: "%" if mark[0] == "%%" else f"${next(numbers)}", sql)
+    return marks.encode()
 
 
 async def _close(opening: asyncio.Task[Any]) -> None:
