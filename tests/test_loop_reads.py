@@ -37,6 +37,7 @@ from blobstore.storage.loop import (
     loop_reader,
     postgresql_reader,
 )
+from blobstore.storage.statement import with_placeholders
 from tests.test_cancellation import drive
 
 T = TypeVar("T")
@@ -207,6 +208,14 @@ class ORMStorageLoopReadTests(TransactionTestCase):
         self.assertEqual(after, [(True, b"one")] * suspensions)
 
 
+class PlaceholderTests(SimpleTestCase):
+    def test_each_database_gets_its_own_placeholders_and_a_literal_percent_sign(self) -> None:
+        sql = "a = %s AND b LIKE 'x%%' AND c = %s"
+        self.assertEqual(with_placeholders(sql, lambda _: "?"), "a = ? AND b LIKE 'x%' AND c = ?")
+        numbered = with_placeholders(sql, lambda number: f"${number}")
+        self.assertEqual(numbered, "a = $1 AND b LIKE 'x%' AND c = $2")
+
+
 class PostgreSQLLoopConnectionTests(TransactionTestCase):
     databases = {"postgres"}
 
@@ -235,7 +244,7 @@ class PostgreSQLLoopConnectionTests(TransactionTestCase):
 
     def test_reads_given_up_while_others_wait_leave_each_read_its_own_rows(self) -> None:
         wrapper = connections["postgres"]
-        select = "SELECT %s::text"
+        select = "SELECT $1::text"
 
         async def scenario() -> tuple[list[Any], list[Any], list[bool]]:
             await postgresql_reader.fetchall(wrapper, select, ["warm"])
@@ -261,7 +270,7 @@ class PostgreSQLLoopConnectionTests(TransactionTestCase):
         self,
     ) -> None:
         wrapper = connections["postgres"]
-        select = "SELECT %s::text"
+        select = "SELECT $1::text"
 
         async def pipeline_pid() -> int:
             (opening,) = postgresql_reader.connections()
@@ -270,7 +279,7 @@ class PostgreSQLLoopConnectionTests(TransactionTestCase):
         async def scenario() -> list[Any]:
             seen: list[Any] = [await postgresql_reader.fetchall(wrapper, select, ["one"])]
             first = await pipeline_pid()
-            seen.append(await postgresql_reader.fetchall(wrapper, "SELECT 1 / %s", [0]))
+            seen.append(await postgresql_reader.fetchall(wrapper, "SELECT 1 / $1", [0]))
             seen.append(await postgresql_reader.fetchall(wrapper, select, ["two"]))
             second = await pipeline_pid()
             await sync_to_async(terminate, thread_sensitive=False)(second)
@@ -288,12 +297,10 @@ class PostgreSQLLoopConnectionTests(TransactionTestCase):
         )
 
     def test_statements_are_prepared_where_the_sites_options_ask_for_it(self) -> None:
-        wrapper = connections["postgres"]
-        prepared = "SELECT count(*)::int FROM pg_prepared_statements WHERE name LIKE %s"
+        prepared = "SELECT count(*)::int FROM pg_prepared_statements WHERE name LIKE $1"
 
         async def count_prepared(options: dict[str, Any]) -> list[Any]:
-            params = {**wrapper.get_connection_params(), **options}
-            params.pop("cursor_factory", None)
+            params = psycopg_params(**options)
             connection = await psycopg.AsyncConnection.connect(**params, autocommit=True)
             pipeline = _Pipeline(connection)
             try:
@@ -323,11 +330,16 @@ async def within_seconds(seconds: float, scenario: Awaitable[T]) -> T:
         return await scenario
 
 
+def psycopg_params(**options: Any) -> dict[str, Any]:
+    """Return psycopg's connection parameters for the postgres alias, with options."""
+    params = {**connections["postgres"].get_connection_params(), **options}
+    params.pop("cursor_factory", None)  # Django's own, a synchronous cursor
+    return params
+
+
 def terminate(pid: int) -> None:
     """End the PostgreSQL backend pid, as an administrator would, and wait until it is gone."""
-    params = connections["postgres"].get_connection_params()
-    params.pop("cursor_factory", None)
-    with psycopg.connect(**params, autocommit=True) as admin:
+    with psycopg.connect(**psycopg_params(), autocommit=True) as admin:
         admin.execute("SELECT pg_terminate_backend(%s, 5000)", [pid])
 
 

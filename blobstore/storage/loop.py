@@ -24,10 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
-import itertools
 import pathlib
-import re
 import sqlite3
 import threading
 import weakref
@@ -167,7 +164,7 @@ class PostgreSQLLoopReader:
     async def fetchall(
         self, wrapper: BaseDatabaseWrapper, sql: str, params: Sequence[Any]
     ) -> list[Any] | None:
-        """Return the rows of sql, in binary, or None where the loop may not read."""
+        """Return the rows of sql (placeholders $1, $2, ...), in binary; None where it may not."""
         if for_sync_caller():
             return None
         # Imported here: run_to_end's module imports this one.
@@ -280,7 +277,7 @@ class _Pipeline:
         self.loop.add_reader(self.socket, self._receive)
 
     def fetchall(self, sql: str, params: Sequence[Any]) -> asyncio.Future[list[Any]]:
-        """Send sql, prepared once; return the future of its rows, in binary."""
+        """Send sql (placeholders $1, $2, ...); return the future of its rows, in binary."""
         from psycopg.adapt import PyFormat, Transformer
 
         if self.failure is not None:
@@ -292,13 +289,13 @@ class _Pipeline:
         if self.connection.prepare_threshold is None:
             # The site's OPTIONS ask for no prepared statements (PgBouncer in transaction mode).
             self.pgconn.send_query_params(
-                _numbered(sql), values, types, formats, result_format=_BINARY
+                sql.encode(), values, types, formats, result_format=_BINARY
             )
         else:
             name = self.prepared.get((sql, types))
             if name is None:
                 name = self.prepared[sql, types] = f"blobstore_{len(self.prepared)}".encode()
-                self.pgconn.send_prepare(name, _numbered(sql), param_types=types)
+                self.pgconn.send_prepare(name, sql.encode(), param_types=types)
                 self.sent.append(_Sent())
             self.pgconn.send_query_prepared(name, values, formats, result_format=_BINARY)
         self.pgconn.pipeline_sync()
@@ -383,14 +380,6 @@ class _Pipeline:
 
 _BINARY = 1
 """libpq's result format for binary values."""
-
-
-@functools.lru_cache(maxsize=256)
-def _numbered(sql: str) -> bytes:
-    """Return sql with PostgreSQL's numbered placeholders for Django's %s (and % for %%)."""
-    numbers = itertools.count(1)
-    marks = re.sub(r"%[s%]", lambda mark: "%" if mark[0] == "%%" else f"${next(numbers)}", sql)
-    return marks.encode()
 
 
 async def _close(opening: asyncio.Task[Any]) -> None:

@@ -7,9 +7,10 @@ statements on: they move bytes as bytes, and keep no copy of them.
 from __future__ import annotations
 
 import datetime
+import itertools
 import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
@@ -44,8 +45,10 @@ class Statement:
         self.converters = self.compiler.get_converters(
             [column for column, _, _ in self.compiler.select]
         )
-        # SQLite's own placeholders, as Django's SQLite cursor rewrites them.
-        self.qmark_sql = re.sub(r"(?<!%)%s", "?", self.sql).replace("%%", "%")
+        # The databases' own placeholders, for the loop's readers: SQLite's, as
+        # Django's SQLite cursor rewrites them, and PostgreSQL's numbered ones.
+        self.qmark_sql = with_placeholders(self.sql, lambda _: "?")
+        self.numbered_sql = with_placeholders(self.sql, lambda number: f"${number}")
 
     @property
     def connection(self) -> BaseDatabaseWrapper:
@@ -68,7 +71,9 @@ class Statement:
                 if rows is not None:
                     return self.converted(rows)
         elif connection.vendor == "postgresql" and _psycopg3(connection):
-            rows = await postgresql_reader.fetchall(connection, self.sql, self.parameters(values))
+            rows = await postgresql_reader.fetchall(
+                connection, self.numbered_sql, self.parameters(values)
+            )
             if rows is not None:
                 return in_django_time(rows)  # binary results are Python values, as in run()
         return await sync_to_async(self.run)(values)
@@ -96,6 +101,14 @@ class Statement:
         if not rows:
             return rows
         return [tuple(row) for row in self.compiler.apply_converters(rows, self.converters)]
+
+
+def with_placeholders(sql: str, placeholder: Callable[[int], str]) -> str:
+    """Return Django's sql with placeholder(n) for its nth %s, and % for each %%."""
+    numbers = itertools.count(1)
+    return re.sub(
+        r"%[s%]", lambda mark: "%" if mark[0] == "%%" else placeholder(next(numbers)), sql
+    )
 
 
 def in_django_time(rows: list[Any]) -> list[Any]:
