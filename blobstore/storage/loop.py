@@ -37,6 +37,7 @@ from asgiref.sync import AsyncToSync
 if TYPE_CHECKING:
     import psycopg
     from django.db.backends.base.base import BaseDatabaseWrapper
+    from psycopg.abc import Transformer
 
 
 def for_sync_caller() -> bool:
@@ -241,14 +242,11 @@ async def _connect(wrapper: BaseDatabaseWrapper) -> _Pipeline | None:
 
 
 @dataclass(eq=False)
-class _Sent:
-    """A command sent down a pipeline: its read's future, or None for a prepare or a sync."""
+class _Read:
+    """A read sent down a pipeline: the future of its rows, and what loads them."""
 
-    future: asyncio.Future[list[Any]] | None = None
-    transformer: Any = None
-
-
-_SYNC = _Sent()
+    future: asyncio.Future[list[Any]]
+    transformer: Transformer
 
 
 class _Pipeline:
@@ -268,7 +266,8 @@ class _Pipeline:
         self.socket = self.pgconn.socket
         self.loop = asyncio.get_running_loop()
         self.prepared: dict[tuple[str, tuple[int, ...]], bytes] = {}
-        self.sent: collections.deque[_Sent] = collections.deque()
+        # What was sent, in order: a read, or None for a prepare or a sync.
+        self.sent: collections.deque[_Read | None] = collections.deque()
         self.results: list[Any] = []  # of the command at the head of sent, so far
         self.writing = False
         self.failure: Exception | None = None
@@ -296,14 +295,13 @@ class _Pipeline:
             if name is None:
                 name = self.prepared[sql, types] = f"blobstore_{len(self.prepared)}".encode()
                 self.pgconn.send_prepare(name, sql.encode(), param_types=types)
-                self.sent.append(_Sent())
+                self.sent.append(None)
             self.pgconn.send_query_prepared(name, values, formats, result_format=_BINARY)
         self.pgconn.pipeline_sync()
-        read = _Sent(self.loop.create_future(), transformer)
-        self.sent += (read, _SYNC)
+        rows: asyncio.Future[list[Any]] = self.loop.create_future()
+        self.sent += (_Read(rows, transformer), None)
         self._flush()
-        assert read.future is not None
-        return read.future
+        return rows
 
     @property
     def broken(self) -> bool:
@@ -346,7 +344,7 @@ class _Pipeline:
             self._break(failure)
 
     @staticmethod
-    def _settle(sent: _Sent, results: list[Any]) -> None:
+    def _settle(sent: _Read | None, results: list[Any]) -> None:
         import psycopg
         from psycopg import pq
 
@@ -354,7 +352,7 @@ class _Pipeline:
         if result.status not in {pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK}:
             message = (result.error_message or b"").decode(errors="replace")
             raise psycopg.OperationalError(message or f"pipeline command ended {result.status!r}")
-        if sent.future is None or sent.future.done():  # a prepare, or a read given up
+        if sent is None or sent.future.done():  # a prepare, or a read given up
             return
         sent.transformer.set_pgresult(result)
         sent.future.set_result(sent.transformer.load_rows(0, result.ntuples, tuple))
@@ -366,7 +364,7 @@ class _Pipeline:
             if self.writing:
                 self.loop.remove_writer(self.socket)
         for sent in self.sent:
-            if sent.future is not None and not sent.future.done():
+            if sent is not None and not sent.future.done():
                 sent.future.set_exception(failure)
         self.sent.clear()
 
