@@ -247,7 +247,11 @@ class PostgreSQLLoopConnectionTests(TransactionTestCase):
         select = "SELECT $1::text"
 
         async def scenario() -> tuple[list[Any], list[Any], list[bool]]:
-            await postgresql_reader.fetchall(wrapper, select, ["warm"])
+            # As many at once open every connection the loop may: none opens below.
+            await asyncio.gather(
+                *(postgresql_reader.fetchall(wrapper, select, ["warm"]) for _ in range(12))
+            )
+            self.assertEqual(len(postgresql_reader.connections()), LOOP_CONNECTIONS)
             reads = [
                 asyncio.ensure_future(postgresql_reader.fetchall(wrapper, select, [str(n)]))
                 for n in range(12)
@@ -257,7 +261,8 @@ class PostgreSQLLoopConnectionTests(TransactionTestCase):
                 read.cancel()
             kept = await asyncio.gather(*reads[1::2])
             after = [await postgresql_reader.fetchall(wrapper, select, ["after"])]
-            broken = [task.result().broken for task in postgresql_reader.connections()]
+            pipelines = [await opening for opening in postgresql_reader.connections()]
+            broken = [pipeline is None or pipeline.broken for pipeline in pipelines]
             await close_connections()
             return kept, after, broken
 
