@@ -194,15 +194,17 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def ensure_wrk() -> str:
-    """Return wrk's path; install Debian's package first when it is missing."""
-    found = shutil.which("wrk")
+def ensure_installed(command: str) -> str:
+    """Return command's path; install Debian's package of that name first when it is missing."""
+    found = shutil.which(command)
     if found:
         return found
     if os.geteuid() != 0:
-        raise SystemExit("wrk is missing: run `apt-get install wrk` as root, or this as root.")
-    subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True)
-    return shutil.which("wrk") or "/usr/bin/wrk"
+        raise SystemExit(
+            f"{command} is missing: run `apt-get install {command}` as root, or this as root."
+        )
+    subprocess.run(["apt-get", "install", "-y", "-q", command], check=True)
+    return shutil.which(command) or f"/usr/bin/{command}"
 
 
 LUA = """
@@ -417,7 +419,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per round")
     arguments = parser.parse_args()
     rounds = arguments.rounds or (1 if arguments.quick else 3)
-    wrk = ensure_wrk()
+    wrk = ensure_installed("wrk")
     chosen = servers(arguments.quick)
     started = time.monotonic()
     with (

@@ -153,7 +153,7 @@ class APITokenManager(models.Manager["APIToken"]):
         rows = await statement.read([_digest(secret)])
         if not rows:
             return None
-        user = user_model.from_db(self.db, fields, rows[0])
+        user = user_model.from_db(statement.using, fields, rows[0])
         # As Django's ModelBackend: a user model without is_active has only active users.
         return user if getattr(user, "is_active", True) else None
 

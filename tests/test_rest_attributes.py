@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import time
 from typing import Any
 
+from django.http import HttpResponse
 from django.test import SimpleTestCase, override_settings
+from django.utils.cache import patch_cache_control, patch_vary_headers
 from django.utils.http import http_date
 
 from blobstore.api.checks import check_inline_types
-from blobstore.api.responses import PASSIVE_TYPES
+from blobstore.api.responses import PASSIVE_TYPES, json_response, keep_out_of_shared_caches
 from blobstore.storage import storages
 from tests.test_api import POSTGRES_STORAGE, APITestCase
 
@@ -174,6 +177,29 @@ class InlineTypesCheckTests(SimpleTestCase):
                 self.assertIn(repr(setting), error.msg)
         with override_settings(BLOBSTORE_INLINE_TYPES=["image/png", "text/plain"]):
             self.assertEqual(check_inline_types(), [])
+
+
+class PrivateCachingTests(SimpleTestCase):
+    def test_headers_are_what_djangos_patching_writes(self) -> None:
+        for headers in ({}, {"Cache-Control": "max-age=60"}, {"Vary": "Accept-Encoding"}):
+            with self.subTest(headers=headers):
+                ours, djangos = HttpResponse(headers=headers), HttpResponse(headers=headers)
+                keep_out_of_shared_caches(ours)
+                patch_cache_control(djangos, private=True, no_cache=True)
+                patch_vary_headers(djangos, ("Authorization", "Cookie"))
+                self.assertEqual(
+                    {name: ours.get(name) for name in ("Cache-Control", "Vary")},
+                    {name: djangos.get(name) for name in ("Cache-Control", "Vary")},
+                )
+
+    def test_json_is_encoded_as_djangos_encoder_does(self) -> None:
+        moment = datetime.datetime(2026, 12, 7, 23, 0, tzinfo=datetime.UTC)
+        response = json_response({"when": moment, "name": "caf\u00e9"}, status=201)
+        self.assertEqual(response.status_code, 201)
+        self.assertEqual(response["Content-Type"], "application/json")
+        self.assertEqual(
+            response.content, b'{"when": "2026-12-07T23:00:00Z", "name": "caf\\u00e9"}\n'
+        )
 
 
 class HTTPDetailTests(APITestCase):

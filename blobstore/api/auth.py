@@ -59,16 +59,18 @@ async def authorize(request: HttpRequest, method: str, key: str | None = None) -
     user, secret = await _authenticate(request)
     if secret is None and user.is_authenticated and method not in READ_METHODS:
         _check_csrf(request)
+    # The user's permissions first: most requests hold them, and then the
+    # setting that opens the API to anonymous users need not be read.
+    if user.is_authenticated and await _has_perms(user, PERMISSIONS[method], secret):
+        return user
     if _anonymous_may(method):
         return user
     if not user.is_authenticated:
         raise AccessDenied(401, "Authentication required: log in or send an API token.")
-    if not await _has_perms(user, PERMISSIONS[method], secret):
-        needed = " and ".join(PERMISSIONS[method])
-        raise AccessDenied(
-            403, f"You lack the permission to {method} blobs; an administrator can grant {needed}."
-        )
-    return user
+    needed = " and ".join(PERMISSIONS[method])
+    raise AccessDenied(
+        403, f"You lack the permission to {method} blobs; an administrator can grant {needed}."
+    )
 
 
 async def _authenticate(request: HttpRequest) -> tuple[User, str | None]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -64,6 +63,10 @@ META_HEADER_PREFIX = "X-Blobstore-Meta-"
 """The prefix of the headers that carry a blob's metadata, one header a name."""
 EXPIRES_HEADER = "X-Blobstore-Expires"
 """The header that carries a blob's expiry time, as an HTTP date."""
+PRIVATE_CACHE_CONTROL = "private, no-cache"
+"""The Cache-Control of a response made for one user: their own cache only, revalidated."""
+VARY_BY_CREDENTIALS = ("Authorization", "Cookie")
+"""The request headers that say whom a response was made for."""
 
 
 class APIError(Exception):
@@ -80,15 +83,19 @@ class APIError(Exception):
         return error(self.status, self.message, self.headers)
 
 
+_JSON_ENCODER = DjangoJSONEncoder()
+
+
 def json_response(data: Any, status: int = 200) -> HttpResponse:
     """Return data as a JSON response whose body ends with a newline, as text should.
 
     Every JSON body blobstore writes goes through here, so that ``curl`` leaves
     the shell's prompt on a line of its own.
     """
-    # Encoded as JsonResponse encodes, but once: adding the newline to its
-    # body would set the body twice, which costs more than the encoding.
-    body = json.dumps(data, cls=DjangoJSONEncoder) + "\n"
+    # Encoded as JsonResponse encodes, but once (adding the newline to its body
+    # would set the body twice), by one encoder, and to bytes, which the
+    # response takes as they are, where a str would make it look up a charset.
+    body = (_JSON_ENCODER.encode(data) + "\n").encode()
     response = HttpResponse(body, status=status, content_type="application/json")
     # Here as well as in answer(): some JSON is sent before any view (a Host
     # outside ALLOWED_HOSTS, a body that stalls).
@@ -334,8 +341,14 @@ def keep_out_of_shared_caches(response: HttpResponseBase) -> None:
 
     ``no-cache`` still lets the browser keep it and revalidate it (304).
     """
-    patch_cache_control(response, private=True, no_cache=True)
-    patch_vary_headers(response, ("Authorization", "Cookie"))
+    if response.has_header("Cache-Control") or response.has_header("Vary"):
+        patch_cache_control(response, private=True, no_cache=True)
+        patch_vary_headers(response, VARY_BY_CREDENTIALS)
+    else:
+        # What the two calls above write, without parsing headers that are not
+        # there: they cost some 20 µs on every authenticated response.
+        response.headers["Cache-Control"] = PRIVATE_CACHE_CONTROL
+        response.headers["Vary"] = ", ".join(VARY_BY_CREDENTIALS)
 
 
 def etag(info: BlobInfo) -> str:
