@@ -196,9 +196,15 @@ class HostSiteRESTTests(ShortPathTestCase):
             created = await http.put("/blobs/a.txt", content=b"hi", headers=headers)
             self.assertEqual(created.status_code, 201, created.text)  # past CsrfViewMiddleware
             self.assertEqual(created.json()["metadata"], {"shot-at": "dawn"})
+            self.assertTrue(created.content.endswith(b"}\n"))
+            self.assertEqual(created.headers["X-Content-Type-Options"], "nosniff")
             read = await http.get("/blobs/a.txt", headers=headers)
             self.assertEqual((read.status_code, read.content), (200, b"hi"))
             self.assertEqual(read.headers["X-Blobstore-Meta-Shot-At"], "dawn")
+            # Made for one user, through the site's own middleware as well.
+            for response in (created, read):
+                self.assertEqual(response.headers["Cache-Control"], "private, no-cache")
+                self.assertEqual(response.headers["Vary"], "Authorization, Cookie")
             refused = await http.delete("/blobs/a.txt", headers=headers)
             self.assertEqual(refused.status_code, 403)
             self.assertIn("delete_blob", refused.json()["error"])
