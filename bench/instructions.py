@@ -142,17 +142,8 @@ def count(valgrind: str, home: Path, route: tuple[str, str], requests: int) -> i
     return int(collected.group(1))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
-    arguments = parser.parse_args()
-    if arguments.prepare:
-        return prepare(arguments.prepare)
-    if arguments.serve:
-        home, routes, operation, requests = arguments.serve
-        return serve(Path(home), (routes, operation), int(requests))
+def measure(requests: int) -> dict[tuple[str, str], float]:
+    """Return the instructions a request of each route, over requests of it."""
     valgrind = ensure_installed("valgrind")
     with tempfile.TemporaryDirectory(prefix="blobstore-instructions-") as directory:
         home = Path(directory)
@@ -160,18 +151,37 @@ def main() -> None:
             [sys.executable, __file__, "--prepare", str(home)],
             cwd=ROOT, env=environment(home), check=True,
         )  # fmt: skip
-        print(f"counting {arguments.requests} requests a route under callgrind", file=sys.stderr)
+        print(f"counting {requests} requests a route under callgrind", file=sys.stderr)
         idle = count(valgrind, home, ("proxystore", "set"), 0)
-        per_request = {
-            route: (count(valgrind, home, route, arguments.requests) - idle) / arguments.requests
-            for route in ROUTES
+        return {
+            route: (count(valgrind, home, route, requests) - idle) / requests for route in ROUTES
         }
+
+
+def print_table(per_request: dict[tuple[str, str], float]) -> None:
     print("| routes | op | instructions a request | ProxyStore's / REST's |")
     print("|---|---|---|---|")
     for (routes, operation), instructions in per_request.items():
         proxystore = per_request["proxystore", operation]
         ratio = f"{proxystore / instructions:.3f}" if routes == "rest" else "—"
         print(f"| {routes} | {operation} | {instructions:,.0f} | {ratio} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=500, help="counted requests a route")
+    parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
+    arguments = parser.parse_args()
+    if arguments.prepare:
+        prepare(arguments.prepare)
+    elif arguments.serve:
+        home, routes, operation, requests = arguments.serve
+        serve(Path(home), (routes, operation), int(requests))
+    elif arguments.requests < 1:
+        parser.error(f"--requests must be at least 1, not {arguments.requests}")
+    else:
+        print_table(measure(arguments.requests))
 
 
 if __name__ == "__main__":
