@@ -7,8 +7,11 @@ import contextlib
 import datetime
 import sqlite3
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 from asgiref.sync import async_to_sync
 from django.db import connections
@@ -29,8 +32,25 @@ AnyStorage = DictStorage | SQLiteStorage | ORMStorage
 LARGE = bytes(range(256)) * 4096 * 3  # three chunks
 
 
-def soon(seconds: float = 0.3) -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+def soon() -> datetime.datetime:
+    """Return a moment an hour from now, which later() has passed."""
+    return datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+
+
+@contextlib.contextmanager
+def later() -> Iterator[None]:
+    """Run the block two hours ahead on the clocks that the storages read.
+
+    Expiry is then decided by the clock, not by how long a loaded machine
+    took to write the blob (a real expiry a moment ahead made tests flaky).
+    """
+    real_time, real_now = time.time, timezone.now
+    ahead = datetime.timedelta(hours=2)
+    with (
+        mock.patch("time.time", lambda: real_time() + ahead.total_seconds()),
+        mock.patch("django.utils.timezone.now", lambda: real_now() + ahead),
+    ):
+        yield
 
 
 BAD_ATTRIBUTES: list[tuple[dict[str, Any], type[Exception]]] = [
@@ -117,27 +137,27 @@ class AttributeTests(TestCaseMixin):
         info = await self.storage.stat("gone5")
         assert info is not None and info.expires is not None
         self.assertEqual(await self.storage.get(f"gone{len(LARGE)}"), LARGE)
-        await asyncio.sleep(0.35)
-        for key in ("gone5", f"gone{len(LARGE)}"):
-            self.assertIsNone(await self.storage.get(key))
-            self.assertFalse(await self.storage.exists(key))
-            self.assertIsNone(await self.storage.stat(key))
-            self.assertIsNone(await self.storage.stream(key))
-            self.assertIsNone(await self.storage.fetch(key))
-        self.assertEqual([i.key for i in await self.storage.list_blobs()], ["kept"])
-        self.assertGreaterEqual(await self.storage.purge(), 2)
-        self.assertEqual(await self.storage.purge(), 0)
-        self.assertEqual(await self.storage.get("kept"), b"kept")
+        with later():
+            for key in ("gone5", f"gone{len(LARGE)}"):
+                self.assertIsNone(await self.storage.get(key))
+                self.assertFalse(await self.storage.exists(key))
+                self.assertIsNone(await self.storage.stat(key))
+                self.assertIsNone(await self.storage.stream(key))
+                self.assertIsNone(await self.storage.fetch(key))
+            self.assertEqual([i.key for i in await self.storage.list_blobs()], ["kept"])
+            self.assertGreaterEqual(await self.storage.purge(), 2)
+            self.assertEqual(await self.storage.purge(), 0)
+            self.assertEqual(await self.storage.get("kept"), b"kept")
 
     async def test_an_expired_key_is_free_again(self) -> None:
-        await self.storage.write("k", chunked(b"old", 1), expires=soon(0.1))
-        await asyncio.sleep(0.15)
-        before = datetime.datetime.now(datetime.UTC)
-        self.assertFalse(await self.storage.replace("k", b"x", sha256="0" * 64))
-        info = await self.storage.write("k", chunked(b"new", 1), if_absent=True)
-        assert info is not None and info.created is not None
-        self.assertEqual(await self.storage.get("k"), b"new")
-        self.assertGreaterEqual(info.created, before)
+        old = await self.storage.write("k", chunked(b"old", 1), expires=soon())
+        with later():
+            self.assertFalse(await self.storage.replace("k", b"x", sha256="0" * 64))
+            new = await self.storage.write("k", chunked(b"new", 1), if_absent=True)
+            self.assertEqual(await self.storage.get("k"), b"new")
+        assert old is not None and old.created is not None
+        assert new is not None and new.created is not None
+        self.assertGreater(new.created, old.created)
 
     async def test_list_folder_answers_keys_and_sub_prefixes_in_order(self) -> None:
         keys = ["a/1", "a/b/2", "a/b/3", "a/c/d/4", "a/e", "a/ключ/5", "a/😀", "b/x", "top"]
@@ -213,23 +233,23 @@ class ORMAttributeTests(AttributeTests, TestCase):
             async_to_sync(self.expiry_holds)()
 
     async def expiry_holds(self) -> None:
-        later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
-        written = await self.storage.write("later", chunked(b"x", 1), expires=later)
+        kept_until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=3)
+        written = await self.storage.write("kept", chunked(b"x", 1), expires=kept_until)
         # A new key: created when updated (the REST API's 201), both in local time, naive.
         assert written is not None
         self.assertEqual(written.created, written.updated)
         self.assertTrue(timezone.is_naive(written.updated))
-        await self.storage.write("gone", chunked(b"x", 1), expires=soon(0.1))
-        await asyncio.sleep(0.15)
-        self.assertEqual(await self.storage.get("later"), b"x")
-        self.assertTrue(await self.storage.exists("later"))
-        info = await self.storage.stat("later")
+        await self.storage.write("gone", chunked(b"x", 1), expires=soon())
+        with later():
+            self.assertEqual(await self.storage.get("kept"), b"x")
+            self.assertTrue(await self.storage.exists("kept"))
+            info = await self.storage.stat("kept")
+            self.assertIsNone(await self.storage.get("gone"))
+            self.assertFalse(await self.storage.exists("gone"))
         assert info is not None and info.expires is not None
         # In Django's form without USE_TZ: local time, naive.
-        self.assertEqual(info.expires, timezone.make_naive(later))
+        self.assertEqual(info.expires, timezone.make_naive(kept_until))
         self.assertEqual(info.created, written.created)
-        self.assertIsNone(await self.storage.get("gone"))
-        self.assertFalse(await self.storage.exists("gone"))
 
 
 class ORMPostgreSQLAttributeTests(ORMAttributeTests):

@@ -17,6 +17,7 @@ import hashlib
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,7 +176,7 @@ class CancellationTests(TestCaseMixin):
         await self.reset()
         release = await self.lock_blob(KEY)
         writing = asyncio.ensure_future(write)
-        await asyncio.sleep(0.2)  # the commit now waits for the lock in its thread
+        await self.until_a_write_waits_for_the_lock()
         self.assertFalse(writing.done())
         writing.cancel()
         await asyncio.sleep(0.2)
@@ -188,6 +189,12 @@ class CancellationTests(TestCaseMixin):
     async def lock_blob(self, key: str) -> Callable[[], None]:
         """Hold a write lock on the blob's row (or the database) from another connection."""
         raise NotImplementedError
+
+    async def until_a_write_waits_for_the_lock(self) -> None:
+        """Return once a write waits for the lock that lock_blob() holds."""
+        # SQLite shows nobody its waiters; its lock on the whole database
+        # stops the write's first statement, which comes at once.
+        await asyncio.sleep(0.2)
 
 
 class SQLiteCancellationTests(CancellationTests, SimpleTestCase):
@@ -250,6 +257,31 @@ class ORMCancellationTests(CancellationTests, TransactionTestCase):
             locked.set()
             release.wait(10)
             connection.rollback()
+        finally:
+            connection.close()
+
+    async def until_a_write_waits_for_the_lock(self) -> None:
+        if connections[self.using].vendor == "sqlite":
+            return await super().until_a_write_waits_for_the_lock()
+        # A row lock stops only the commit, which comes after every chunk: on
+        # a loaded machine later than any fixed sleep, so ask the server.
+        waiting = await asyncio.get_running_loop().run_in_executor(None, self.lock_waiter_seen)
+        self.assertTrue(waiting, "no write waited for the lock within 10 s")
+
+    def lock_waiter_seen(self) -> bool:
+        """Return whether a backend waits for a lock within 10 s."""
+        connection = connections.create_connection(self.using)
+        try:
+            with connection.cursor() as cursor:
+                for _ in range(1000):
+                    cursor.execute(
+                        "SELECT 1 FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                    )
+                    if cursor.fetchone():
+                        return True
+                    time.sleep(0.01)
+            return False
         finally:
             connection.close()
 

@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import functools
 import logging
+import time
 import uuid
 import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
@@ -253,7 +254,8 @@ class ChunkedStorage(BaseStorage):
 
     def _now(self) -> datetime.datetime:
         """Return the time to record as a version's update."""
-        return datetime.datetime.now(datetime.UTC)
+        # The clock that reads compare expiry with, so that the two agree.
+        return datetime.datetime.fromtimestamp(time.time(), datetime.UTC)
 
 
 class _ChunkWriter:
