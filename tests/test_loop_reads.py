@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import tempfile
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from unittest import mock
@@ -32,6 +32,7 @@ from blobstore.storage.loop import (
     LOOP_CONNECTIONS,
     REUSED_RESULTS,
     LoopReader,
+    _map_index,
     _Pipeline,
     for_sync_caller,
     loop_reader,
@@ -95,14 +96,28 @@ class LoopReaderTests(SimpleTestCase):
 
 
 class ReusedResultTests(SimpleTestCase):
+    """Results kept while the file is unchanged, as the header of its WAL index tells."""
+
     SELECT = "SELECT v FROM t WHERE k = ?"
+    mapped = True
+    """Whether the reader reads the WAL index's header rather than PRAGMA data_version."""
 
     def setUp(self) -> None:
         scratch = tempfile.TemporaryDirectory()
         self.addCleanup(scratch.cleanup)
         self.path = sqlite_file(scratch.name, "wal")
-        self.reader = LoopReader()
+        self.reader = self.opened_reader()
         self.conversions = 0
+
+    def opened_reader(self) -> LoopReader:
+        reader = LoopReader()
+        self.assertIsNotNone(reader.fetchall(self.path, "SELECT 1", ()))  # opens it
+        opened = reader._loop_reader(self.path)
+        assert opened is not None
+        self.assertIsNotNone(opened.index)
+        if not self.mapped:
+            opened.index = None
+        return reader
 
     def convert(self, rows: list[Any]) -> list[Any]:
         self.conversions += 1
@@ -116,6 +131,17 @@ class ReusedResultTests(SimpleTestCase):
             writer.execute(sql)
         writer.close()
 
+    def statements_of(self, read: Callable[[], object]) -> list[str]:
+        """Return the statements that the reader's connection runs in read()."""
+        connection = self.reader._loop_reader(self.path).connection  # type: ignore[union-attr]
+        statements: list[str] = []
+        connection.set_trace_callback(statements.append)
+        try:
+            read()
+        finally:
+            connection.set_trace_callback(None)
+        return statements
+
     def test_a_result_is_kept_until_another_connection_commits(self) -> None:
         self.assertEqual([self.read(), self.read(), self.read("b")], [[b"\x01"], [b"\x01"], []])
         self.assertEqual(self.conversions, 2)  # once for each key
@@ -126,10 +152,30 @@ class ReusedResultTests(SimpleTestCase):
         self.assertEqual([self.read("b"), self.read()], [[b"\x03"], [b"\x02"]])
         self.assertEqual(self.conversions, 5)
 
+    def test_a_kept_result_costs_no_statement_but_the_version(self) -> None:
+        self.read()
+        version = [] if self.mapped else ["PRAGMA data_version"]
+        self.assertEqual(self.statements_of(self.read), version)
+        self.commit("UPDATE t SET v = x'02' WHERE k = 'a'")
+        self.assertEqual(len(self.statements_of(self.read)), len(version) + 1)
+
+    def test_a_checkpoint_of_the_wal_keeps_results_right(self) -> None:
+        self.read()
+        with sqlite3.connect(self.path) as writer:
+            writer.execute("UPDATE t SET v = x'02' WHERE k = 'a'")
+            writer.commit()
+            writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the next commit restarts the WAL
+            writer.execute("UPDATE t SET v = x'03' WHERE k = 'a'")
+        writer.close()
+        self.assertEqual(self.read(), [b"\x03"])
+
     def test_a_commit_while_a_result_is_read_is_seen_by_the_next_read(self) -> None:
-        for number, statement in enumerate(("PRAGMA data_version", "SELECT"), start=2):
+        # With the index mapped, the header is read before the SELECT with no
+        # statement of its own: a commit as the SELECT begins is the one between.
+        moments = ["SELECT"] if self.mapped else ["PRAGMA data_version", "SELECT"]
+        for number, statement in enumerate(moments, start=2):
             with self.subTest(commit_as=statement):
-                self.reader = LoopReader()  # nothing kept: both statements run
+                self.reader = self.opened_reader()  # nothing kept: the SELECT runs
                 update = f"UPDATE t SET v = x'0{number}' WHERE k = 'a'"
                 committed = self.commit_as_it_begins(statement, update)
                 self.read()
@@ -138,7 +184,6 @@ class ReusedResultTests(SimpleTestCase):
 
     def commit_as_it_begins(self, statement: str, sql: str) -> list[str]:
         """Commit sql on another connection as the reader's first such statement begins."""
-        self.assertIsNotNone(self.reader.fetchall(self.path, "SELECT 1", ()))  # opens it
         connection = self.reader._loop_reader(self.path).connection  # type: ignore[union-attr]
         committed: list[str] = []
 
@@ -162,6 +207,15 @@ class ReusedResultTests(SimpleTestCase):
 
         self.assertIsNone(async_to_sync(read)())
         self.assertEqual(asyncio.run(read()), [b"\x01"])
+
+
+class DataVersionReusedResultTests(ReusedResultTests):
+    """The same where the WAL index is not mapped (another VFS): PRAGMA data_version tells."""
+
+    mapped = False
+
+    def test_an_index_that_is_not_a_file_is_not_mapped(self) -> None:
+        self.assertIsNone(_map_index(str(Path(self.path).with_name("none.sqlite3"))))
 
 
 class ORMStorageLoopReadTests(TransactionTestCase):
@@ -384,7 +438,7 @@ class TokenLoopReadTests(TransactionTestCase):
         statements: list[str] = []
         on_sqlite = connections["default"].vendor == "sqlite"
 
-        async def look_up_twice() -> list[Any]:
+        async def look_up() -> list[Any]:
             first = await APIToken.objects.aactive_user(secret)
             path = str(connections["default"].settings_dict["NAME"])
             reader = loop_reader._loop_reader(path)
@@ -393,17 +447,27 @@ class TokenLoopReadTests(TransactionTestCase):
                 reader.connection.set_trace_callback(statements.append)
             try:
                 found = [first, await APIToken.objects.aactive_user(secret)]
+                statements.append("-- a commit")
+                await User.objects.filter(pk=user.pk).aupdate(first_name="Changed")
+                found.append(await APIToken.objects.aactive_user(secret))
             finally:
                 if reader is not None:
                     reader.connection.set_trace_callback(None)
             await close_connections()
             return found
 
-        first, second = asyncio.run(look_up_twice())
+        first, second, third = asyncio.run(look_up())
         self.assertEqual((first.pk, second.pk), (user.pk, user.pk))
         self.assertIsNot(first, second)  # a user of its own for each request
-        # On SQLite the rows are kept; PostgreSQL has no data_version, and reads each time.
-        self.assertEqual(statements, ["PRAGMA data_version"] if on_sqlite else [])
+        self.assertEqual(third.first_name, "Changed")
+        if on_sqlite:
+            # Kept with no statement at all (the WAL index's header tells that
+            # the file is unchanged), until the commit.
+            self.assertEqual(statements[0], "-- a commit")
+            self.assertEqual(len(statements), 2)
+            self.assertIn("blobstore_apitoken", statements[1])
+        else:
+            self.assertEqual(statements, ["-- a commit"])  # read on connections of its own
 
     def test_a_tokens_permissions_are_read_on_a_servers_loop_and_changes_seen_at_once(
         self,

@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import mmap
+import os
 import pathlib
 import sqlite3
 import threading
@@ -47,6 +49,9 @@ def for_sync_caller() -> bool:
 
 _Rows = TypeVar("_Rows")
 
+WAL_INDEX_HEADER = 48
+"""The bytes of the header at the start of a WAL index, one of its two copies."""
+
 REUSED_RESULTS = 256
 """The most results a thread keeps of one file for :meth:`LoopReader.fetchall_reused`."""
 
@@ -67,7 +72,8 @@ class LoopReader:
         """Return convert(rows of sql), kept while no commit changes the file; or None as fetchall.
 
         For small results read on most requests (an API token's user): until
-        the file changes, their rows cost a look at SQLite's ``data_version``.
+        the file changes, their rows cost a look at the header of its WAL
+        index (or, where that is not mapped, at SQLite's ``data_version``).
         The result is shared: callers must not change it.
         """
         return self._read(path, lambda reader: reader.reused(sql, tuple(params), convert))
@@ -88,7 +94,7 @@ class LoopReader:
         opened: dict[str, _WALReader | None] = self._local.__dict__.setdefault("opened", {})
         if path not in opened:
             connection = _open_wal(path)
-            opened[path] = None if connection is None else _WALReader(connection)
+            opened[path] = None if connection is None else _WALReader(connection, _map_index(path))
         return opened[path]
 
 
@@ -97,16 +103,17 @@ class _WALReader:
     """A read-only connection to one file, and the results it keeps while the file is unchanged."""
 
     connection: sqlite3.Connection
-    version: int | None = None
+    index: mmap.mmap | None
+    """The start of the file's WAL index (its ``-shm`` file), mapped; None where it is not."""
+    version: bytes | int | None = None
     results: dict[tuple[str, tuple[Any, ...]], Any] = field(default_factory=dict)
 
     def reused(
         self, sql: str, params: tuple[Any, ...], convert: Callable[[list[Any]], _Rows]
     ) -> _Rows:
-        # data_version changes when any other connection commits to the file,
-        # and this one never writes. Read before the rows, it can only be
-        # older than they are: a commit in between drops them at the next call.
-        (version,) = self.connection.execute("PRAGMA data_version").fetchone()
+        # Read before the rows, the version can only be older than they are:
+        # a commit in between drops them at the next call.
+        version = self.data_version()
         if version != self.version:
             self.results.clear()
             self.version = version
@@ -117,6 +124,18 @@ class _WALReader:
             self.results[key] = convert(self.connection.execute(sql, params).fetchall())
         result: _Rows = self.results[key]
         return result
+
+    def data_version(self) -> bytes | int:
+        """Return a value that changes whenever another connection commits to the file."""
+        if self.index is None:
+            (version,) = self.connection.execute("PRAGMA data_version").fetchone()
+            return version  # type: ignore[no-any-return]
+        # Every commit rewrites the WAL index's header, which SQLite's own
+        # readers compare to learn whether the file changed. Read from memory,
+        # it keeps the GIL, where a statement hands it to any thread that
+        # waits (the closing of responses) and waits to get it back: a
+        # request's slowest part.
+        return self.index[:WAL_INDEX_HEADER]
 
 
 def _open_wal(path: str) -> sqlite3.Connection | None:
@@ -134,6 +153,20 @@ def _open_wal(path: str) -> sqlite3.Connection | None:
         reader.close()
         return None
     return reader
+
+
+def _map_index(path: str) -> mmap.mmap | None:
+    """Return the header of the WAL index of the file at path, mapped read-only; or None.
+
+    The index is the ``-shm`` file beside the database (https://sqlite.org/walformat.html),
+    which SQLite neither shrinks nor removes while a connection (the loop's
+    own) has it open.
+    """
+    try:
+        with open(f"{os.path.realpath(path)}-shm", "rb") as index:
+            return mmap.mmap(index.fileno(), WAL_INDEX_HEADER, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None  # not a file (another VFS) or not there: data_version tells instead
 
 
 LOOP_CONNECTIONS = 4
