@@ -115,10 +115,11 @@ class Server:
             self.token = self.run(*manage, "blobstore", "token", "bench").strip()
             factory = ["--factory"] if self.app == DJANGOS else []
             command = [*uvicorn, *factory, self.app]
-        self.process = subprocess.Popen(
-            [str(part) for part in command], cwd=ROOT, env=self.environment(),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        with self.log.open("ab") as log:  # the server's own handle stays open
+            self.process = subprocess.Popen(
+                [str(part) for part in command], cwd=ROOT, env=self.environment(),
+                stdout=log, stderr=log,
+            )  # fmt: skip
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.TransportError):
@@ -136,6 +137,11 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def log(self) -> Path:
+        """Return the file that holds what the server wrote (warnings and errors)."""
+        return self.home / "server.log"
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
@@ -150,6 +156,8 @@ class Round:
     p50_ms: float
     p99_ms: float
     failed: int
+    failures: str = ""
+    """wrk's lines on the failed requests, when there are any."""
 
 
 @dataclass
@@ -245,10 +253,11 @@ def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: float) 
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     failed = int(non2xx.group(1)) if non2xx else 0
     failed += sum(int(n) for n in errors.groups()) if errors else 0
+    failures = "; ".join(match.group(0).strip() for match in (non2xx, errors) if match)
     return Round(
         float(requests.group(1)) if requests else 0.0,
         _ms(p50.group(1)) if p50 else float("nan"), _ms(p99.group(1)) if p99 else float("nan"),
-        failed,
+        failed, failures,
     )  # fmt: skip
 
 
@@ -396,6 +405,25 @@ def targets(figures: list[Figure], by_label: dict[str, Server]) -> list[tuple[st
     return checks
 
 
+def failure_report(figures: list[Figure], by_label: dict[str, Server]) -> str:
+    """Return what wrk said of each failed round, and the end of its server's log."""
+    lines = []
+    for figure in figures:
+        if not figure.failed:
+            continue
+        lines.append(f"{figure.server} {figure.routes} {figure.operation} c={figure.connections}:")
+        for number, one in enumerate(figure.rounds, start=1):
+            if one.failed:
+                lines.append(f"  round {number}: {one.failures}")
+        logged = by_label[figure.server].log.read_text(errors="replace").splitlines()
+        lines += [f"  | {line}" for line in logged[-LOG_LINES:]] or ["  (nothing in its log)"]
+    return "\n".join(lines)
+
+
+LOG_LINES = 20
+"""The lines of a server's log shown for a figure with failed requests."""
+
+
 def table(figures: list[Figure], by_label: dict[str, Server]) -> str:
     lines = [
         "| server | routes | op | conns | req/s | p50 ms | p99 ms | non-2xx | ours/theirs |",
@@ -437,9 +465,12 @@ def main() -> None:
             server.start()
             loads += loads_of(server, Path(scratch))
         measure(loads, wrk, rounds, arguments.duration)
-    figures = [load.figure for load in loads]
-    by_label = {server.label: server for server in chosen}
+        figures = [load.figure for load in loads]
+        by_label = {server.label: server for server in chosen}
+        failures = failure_report(figures, by_label)  # while the servers' logs are there
     print(table(figures, by_label))
+    if failures:
+        print(f"\nfailed requests\n{failures}")
     print("\ntargets (issue 9)")
     for text, passed in targets(figures, by_label):
         print(f"  {'PASS' if passed else 'MISS'}  {text}")
