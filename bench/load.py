@@ -405,6 +405,10 @@ def targets(figures: list[Figure], by_label: dict[str, Server]) -> list[tuple[st
     return checks
 
 
+LOG_LINES = 20
+"""The lines of a server's log shown for a figure with failed requests."""
+
+
 def failure_report(figures: list[Figure], by_label: dict[str, Server]) -> str:
     """Return what wrk said of each failed round, and the end of its server's log."""
     lines = []
@@ -418,10 +422,6 @@ def failure_report(figures: list[Figure], by_label: dict[str, Server]) -> str:
         logged = by_label[figure.server].log.read_text(errors="replace").splitlines()
         lines += [f"  | {line}" for line in logged[-LOG_LINES:]] or ["  (nothing in its log)"]
     return "\n".join(lines)
-
-
-LOG_LINES = 20
-"""The lines of a server's log shown for a figure with failed requests."""
 
 
 def table(figures: list[Figure], by_label: dict[str, Server]) -> str:
